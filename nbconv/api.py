@@ -1,0 +1,420 @@
+"""Theano's abstract-conv functions, evaluated eagerly on NumPy arrays.
+
+Each function validates its arguments into a :class:`~nbconv.spec.ConvSpec` (cached per call
+signature, so a repeated call skips the Python validation), makes the operands canonical and hands
+them to :mod:`nbconv.dispatch`. ``algo=`` names a registered algorithm (see
+:func:`nbconv.registry.names`); by default the dispatcher chooses.
+"""
+from __future__ import annotations
+
+from math import gcd
+
+import numpy as np
+
+from . import dispatch
+from .spec import (
+    FORWARD, GRAD_INPUT, GRAD_WEIGHTS, as_bool, as_float_array, as_int, build, check_ndim,
+    check_output_grad, check_shape_hint, fill_shape, int_tuple, result_dtype,
+)
+
+# Error messages name the parameters of the function the user called.
+_FWD = {"x": "input", "w": "filters", "y": "output"}
+_GIN = {"x": "input_shape", "w": "filters", "y": "output_grad"}
+_GW = {"x": "input", "w": "filter_shape", "y": "output_grad"}
+_TRANSPOSE = {"x": "output_shape", "w": "filters", "y": "input", "subsample": "input_dilation"}
+
+_SPEC_CACHE: dict = {}
+_SPEC_CACHE_MAX = 4096
+
+
+def _plain(v):
+    """True for values whose equality implies identical meaning (exact ints, str, None, tuples of
+    those): only such call signatures are cached, so ``1.0``/``True`` never alias a cached ``1``."""
+    t = type(v)
+    if t is int or t is str or v is None:
+        return True
+    if t is tuple:
+        for e in v:
+            if not _plain(e):
+                return False
+        return True
+    return False
+
+
+def _cacheable(flip, unshared, groups, *rest):
+    return type(flip) is bool and type(unshared) is bool and type(groups) is int and _plain(rest)
+
+
+def _cached(key, ok, make):
+    if ok:
+        spec = _SPEC_CACHE.get(key)
+        if spec is not None:
+            return spec
+    spec = make()
+    if ok:
+        if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
+            _SPEC_CACHE.clear()
+        _SPEC_CACHE[key] = spec
+    return spec
+
+
+def _array(a, name):
+    if type(a) is np.ndarray and (a.dtype.char == "f" or a.dtype.char == "d"):
+        return a
+    return as_float_array(a, name)
+
+
+def _filters_ndim(nd, unshared):
+    return 2 * nd + 2 if as_bool(unshared, "unshared") else nd + 2
+
+
+def _opts(border_mode, subsample, filter_flip, filter_dilation, num_groups, unshared, dtype, names):
+    return dict(
+        border_mode=border_mode, subsample=subsample, filter_dilation=filter_dilation,
+        num_groups=num_groups, unshared=unshared, filter_flip=filter_flip, dtype=dtype, names=names,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The three directions, for any rank
+# ---------------------------------------------------------------------------------------------
+
+
+def _forward(nd, input, filters, input_shape, filter_shape, border_mode, subsample, filter_flip,
+             filter_dilation, num_groups, unshared, algo, names=_FWD):
+    x = _array(input, names["x"])
+    w = _array(filters, names["w"])
+    key = (FORWARD, nd, x.shape, w.shape, x.dtype.char, w.dtype.char, border_mode, subsample,
+           filter_flip, filter_dilation, num_groups, unshared, input_shape, filter_shape)
+    ok = _cacheable(filter_flip, unshared, num_groups, border_mode, subsample, filter_dilation,
+                    input_shape, filter_shape)
+
+    def make():
+        check_ndim(x, nd + 2, names["x"])
+        check_ndim(w, _filters_ndim(nd, unshared), names["w"], " for unshared convolution" if unshared else "")
+        check_shape_hint(input_shape, x.shape, "input_shape", names["x"])
+        check_shape_hint(filter_shape, w.shape, "filter_shape", names["w"])
+        return build(FORWARD, nd, x.shape, w.shape, **_opts(
+            border_mode, subsample, filter_flip, filter_dilation, num_groups, unshared,
+            result_dtype(x, w), names))
+
+    spec = _cached(key, ok, make)
+    dt = spec.np_dtype
+    return dispatch.execute(spec, dispatch.canonical(x, spec.x_shape, dt),
+                            dispatch.canonical_weights(spec, w), algo)
+
+
+def _grad_input(nd, output_grad, filters, input_shape, filter_shape, border_mode, subsample,
+                filter_flip, filter_dilation, num_groups, unshared, algo, names=_GIN):
+    dy = _array(output_grad, names["y"])
+    w = _array(filters, names["w"])
+    if isinstance(input_shape, np.ndarray):
+        input_shape = tuple(input_shape.tolist())
+    key = (GRAD_INPUT, nd, dy.shape, w.shape, dy.dtype.char, w.dtype.char, border_mode, subsample,
+           filter_flip, filter_dilation, num_groups, unshared, input_shape, filter_shape)
+    ok = _cacheable(filter_flip, unshared, num_groups, border_mode, subsample, filter_dilation,
+                    input_shape, filter_shape)
+
+    def make():
+        check_ndim(dy, nd + 2, names["y"])
+        check_ndim(w, _filters_ndim(nd, unshared), names["w"], " for unshared convolution" if unshared else "")
+        check_shape_hint(filter_shape, w.shape, "filter_shape", names["w"])
+        groups = as_int(num_groups, "num_groups", 1)
+        known = (dy.shape[0], w.shape[-nd - 1] * groups) + (None,) * nd
+        x_shape = fill_shape(input_shape, known, names["x"], 2)
+        if x_shape[0] != dy.shape[0]:
+            raise ValueError(
+                f"{names['x']}[0]={x_shape[0]} contradicts the batch size {dy.shape[0]} of "
+                f"{names['y']} (shape {dy.shape})"
+            )
+        spec = build(GRAD_INPUT, nd, x_shape, w.shape, **_opts(
+            border_mode, subsample, filter_flip, filter_dilation, num_groups, unshared,
+            result_dtype(dy, w), names))
+        check_output_grad(spec, dy.shape, names)
+        return spec
+
+    spec = _cached(key, ok, make)
+    dt = spec.np_dtype
+    return dispatch.execute(spec, dispatch.canonical(dy, spec.y_shape, dt),
+                            dispatch.canonical_weights(spec, w), algo)
+
+
+def _grad_weights(nd, input, output_grad, filter_shape, input_shape, border_mode, subsample,
+                  filter_flip, filter_dilation, num_groups, unshared, algo, names=_GW):
+    x = _array(input, names["x"])
+    dy = _array(output_grad, names["y"])
+    if isinstance(filter_shape, np.ndarray):
+        filter_shape = tuple(filter_shape.tolist())
+    key = (GRAD_WEIGHTS, nd, x.shape, dy.shape, x.dtype.char, dy.dtype.char, border_mode,
+           subsample, filter_flip, filter_dilation, num_groups, unshared, input_shape, filter_shape)
+    ok = _cacheable(filter_flip, unshared, num_groups, border_mode, subsample, filter_dilation,
+                    input_shape, filter_shape)
+
+    def make():
+        is_unshared = as_bool(unshared, "unshared")
+        check_ndim(x, nd + 2, names["x"])
+        check_ndim(dy, nd + 2, names["y"])
+        check_shape_hint(input_shape, x.shape, "input_shape", names["x"])
+        groups = as_int(num_groups, "num_groups", 1)
+        cg = x.shape[1] // groups
+        if is_unshared:
+            known = (dy.shape[1],) + dy.shape[2:] + (cg,) + (None,) * nd
+            first_kernel_axis = nd + 2
+        else:
+            known = (dy.shape[1], cg) + (None,) * nd
+            first_kernel_axis = 2
+        w_shape = fill_shape(filter_shape, known, names["w"], first_kernel_axis)
+        spec = build(GRAD_WEIGHTS, nd, x.shape, w_shape, **_opts(
+            border_mode, subsample, filter_flip, filter_dilation, num_groups, unshared,
+            result_dtype(x, dy), names))
+        check_output_grad(spec, dy.shape, names)
+        return spec
+
+    spec = _cached(key, ok, make)
+    dt = spec.np_dtype
+    return dispatch.execute(spec, dispatch.canonical(x, spec.x_shape, dt),
+                            dispatch.canonical(dy, spec.y_shape, dt), algo)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2D
+# ---------------------------------------------------------------------------------------------
+
+
+def conv2d(input, filters, input_shape=None, filter_shape=None, border_mode="valid",
+           subsample=(1, 1), filter_flip=True, filter_dilation=(1, 1), num_groups=1,
+           unshared=False, *, algo=None):
+    """2D convolution of ``input`` (N, C, H, W) with ``filters`` (O, C/num_groups, kH, kW), or
+    unshared filters (O, oH, oW, C/num_groups, kH, kW). Returns (N, O, oH, oW)."""
+    return _forward(2, input, filters, input_shape, filter_shape, border_mode, subsample,
+                    filter_flip, filter_dilation, num_groups, unshared, algo)
+
+
+def conv2d_grad_wrt_inputs(output_grad, filters, input_shape, filter_shape=None,
+                           border_mode="valid", subsample=(1, 1), filter_flip=True,
+                           filter_dilation=(1, 1), num_groups=1, unshared=False, *, algo=None):
+    """Gradient of a 2D convolution's output w.r.t. its input, of shape ``input_shape`` (whose
+    batch and channel entries may be None). All other arguments are the forward call's."""
+    return _grad_input(2, output_grad, filters, input_shape, filter_shape, border_mode, subsample,
+                       filter_flip, filter_dilation, num_groups, unshared, algo)
+
+
+def conv2d_grad_wrt_weights(input, output_grad, filter_shape, input_shape=None,
+                            border_mode="valid", subsample=(1, 1), filter_flip=True,
+                            filter_dilation=(1, 1), num_groups=1, unshared=False, *, algo=None):
+    """Gradient of a 2D convolution's output w.r.t. the filters as passed to the forward call
+    (``filter_flip`` is accounted for), of shape ``filter_shape`` (channel entries may be None)."""
+    return _grad_weights(2, input, output_grad, filter_shape, input_shape, border_mode, subsample,
+                         filter_flip, filter_dilation, num_groups, unshared, algo)
+
+
+def conv2d_transpose(input, filters, output_shape, filter_shape=None, border_mode="valid",
+                     input_dilation=(1, 1), filter_flip=True, filter_dilation=(1, 1),
+                     num_groups=1, unshared=False, *, algo=None):
+    """Transposed convolution: the grad-input of the forward convolution whose ``border_mode`` and
+    ``subsample`` (= ``input_dilation``) are given. ``filters`` are (C_in, C_out/num_groups, kH, kW)
+    with C_in the channels of ``input``."""
+    return _grad_input(2, input, filters, output_shape, filter_shape, border_mode, input_dilation,
+                       filter_flip, filter_dilation, num_groups, unshared, algo, names=_TRANSPOSE)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D (unshared 3D filters are 8-D: an nbconv extension)
+# ---------------------------------------------------------------------------------------------
+
+
+def conv3d(input, filters, input_shape=None, filter_shape=None, border_mode="valid",
+           subsample=(1, 1, 1), filter_flip=True, filter_dilation=(1, 1, 1), num_groups=1,
+           unshared=False, *, algo=None):
+    """3D convolution of ``input`` (N, C, D, H, W) with ``filters`` (O, C/num_groups, kD, kH, kW)."""
+    return _forward(3, input, filters, input_shape, filter_shape, border_mode, subsample,
+                    filter_flip, filter_dilation, num_groups, unshared, algo)
+
+
+def conv3d_grad_wrt_inputs(output_grad, filters, input_shape, filter_shape=None,
+                           border_mode="valid", subsample=(1, 1, 1), filter_flip=True,
+                           filter_dilation=(1, 1, 1), num_groups=1, unshared=False, *, algo=None):
+    return _grad_input(3, output_grad, filters, input_shape, filter_shape, border_mode, subsample,
+                       filter_flip, filter_dilation, num_groups, unshared, algo)
+
+
+def conv3d_grad_wrt_weights(input, output_grad, filter_shape, input_shape=None,
+                            border_mode="valid", subsample=(1, 1, 1), filter_flip=True,
+                            filter_dilation=(1, 1, 1), num_groups=1, unshared=False, *, algo=None):
+    return _grad_weights(3, input, output_grad, filter_shape, input_shape, border_mode, subsample,
+                         filter_flip, filter_dilation, num_groups, unshared, algo)
+
+
+def conv3d_transpose(input, filters, output_shape, filter_shape=None, border_mode="valid",
+                     input_dilation=(1, 1, 1), filter_flip=True, filter_dilation=(1, 1, 1),
+                     num_groups=1, unshared=False, *, algo=None):
+    """3D transposed convolution (not in Theano): see :func:`conv2d_transpose`."""
+    return _grad_input(3, input, filters, output_shape, filter_shape, border_mode, input_dilation,
+                       filter_flip, filter_dilation, num_groups, unshared, algo, names=_TRANSPOSE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compositions
+# ---------------------------------------------------------------------------------------------
+
+
+def causal_conv1d(input, filters, filter_shape, input_shape=None, subsample=1, filter_flip=True,
+                  filter_dilation=1, num_groups=1, unshared=False, *, algo=None):
+    """Dilated causal convolution of ``input`` (N, C, L) with ``filters`` (O, C/num_groups, K):
+    the input is left-padded by ``filter_dilation * (K - 1)`` and not at all on the right, so the
+    output at t sees the inputs up to and including t. Output length ``(L - 1) // subsample + 1``.
+    With ``unshared=True`` the filters are (O, out_len, C/num_groups, K)."""
+    w = _array(filters, "filters")
+    nd_w = _filters_ndim(1, unshared)
+    check_ndim(w, nd_w, "filters", " for unshared causal convolution" if unshared else "")
+    if filter_shape is None:
+        raise TypeError("filter_shape is required: the filter length sets the causal padding")
+    check_shape_hint(filter_shape, w.shape, "filter_shape", "filters")
+    if filter_shape[-1] is None:
+        raise ValueError(f"filter_shape[-1] (the filter length) must be given, got {tuple(filter_shape)!r}")
+    dilation = int_tuple(filter_dilation, 1, "filter_dilation")
+    left = dilation[0] * (w.shape[-1] - 1)
+    return _forward(1, input, w, input_shape, filter_shape, ((left, 0),), subsample, filter_flip,
+                    dilation, num_groups, unshared, algo)
+
+
+def _separable(nd, input, depthwise_filters, pointwise_filters, num_channels, input_shape,
+               depthwise_filter_shape, pointwise_filter_shape, border_mode, subsample,
+               filter_flip, filter_dilation, algo):
+    x = _array(input, "input")
+    check_ndim(x, nd + 2, "input")
+    num_channels = as_int(num_channels, "num_channels", 1)
+    if x.shape[1] != num_channels:
+        raise ValueError(f"num_channels={num_channels} does not match the {x.shape[1]} channels of input {x.shape}")
+    depthwise = _forward(nd, x, depthwise_filters, input_shape, depthwise_filter_shape, border_mode,
+                         subsample, filter_flip, filter_dilation, num_channels, False, algo,
+                         names={"x": "input", "w": "depthwise_filters", "y": "output"})
+    return _forward(nd, depthwise, pointwise_filters, None, pointwise_filter_shape, "valid",
+                    (1,) * nd, filter_flip, (1,) * nd, 1, False, algo,
+                    names={"x": "depthwise output", "w": "pointwise_filters", "y": "output"})
+
+
+def separable_conv2d(input, depthwise_filters, pointwise_filters, num_channels, input_shape=None,
+                     depthwise_filter_shape=None, pointwise_filter_shape=None,
+                     border_mode="valid", subsample=(1, 1), filter_flip=True,
+                     filter_dilation=(1, 1), *, algo=None):
+    """Depthwise convolution (``num_groups=num_channels``; filters (M*C, 1, kH, kW)) followed by a
+    pointwise one (filters (O, M*C, 1, 1)). ``border_mode``, ``subsample`` and ``filter_dilation``
+    apply to the depthwise step."""
+    return _separable(2, input, depthwise_filters, pointwise_filters, num_channels, input_shape,
+                      depthwise_filter_shape, pointwise_filter_shape, border_mode, subsample,
+                      filter_flip, filter_dilation, algo)
+
+
+def separable_conv3d(input, depthwise_filters, pointwise_filters, num_channels, input_shape=None,
+                     depthwise_filter_shape=None, pointwise_filter_shape=None,
+                     border_mode="valid", subsample=(1, 1, 1), filter_flip=True,
+                     filter_dilation=(1, 1, 1), *, algo=None):
+    """3D twin of :func:`separable_conv2d`."""
+    return _separable(3, input, depthwise_filters, pointwise_filters, num_channels, input_shape,
+                      depthwise_filter_shape, pointwise_filter_shape, border_mode, subsample,
+                      filter_flip, filter_dilation, algo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bilinear upsampling (a transposed convolution with a fixed pyramid kernel)
+# ---------------------------------------------------------------------------------------------
+
+
+def bilinear_kernel_1D(ratio, normalize=True):
+    """``[1, 2, ..., ratio, ..., 2, 1]`` (length ``2 * ratio - 1``), divided by ``ratio`` if
+    ``normalize``; float64."""
+    ratio = as_int(ratio, "ratio", 1)
+    half = np.arange(1, ratio + 1, dtype=np.float64)
+    kern = np.concatenate([half, half[-2::-1]])
+    if as_bool(normalize, "normalize"):
+        kern /= ratio
+    return kern
+
+
+def bilinear_kernel_2D(ratio, normalize=True):
+    """Outer product of the 1D kernels; ``ratio`` is an int or a (row_ratio, col_ratio) pair."""
+    if isinstance(ratio, (tuple, list)):
+        if len(ratio) != 2:
+            raise ValueError(f"ratio must be an int or a (row, col) pair, got {ratio!r}")
+        rv, rh = ratio
+    else:
+        rv = rh = ratio
+    return np.outer(bilinear_kernel_1D(rv, normalize), bilinear_kernel_1D(rh, normalize))
+
+
+def _edge_padded(x):
+    n, c, rows, cols = x.shape
+    flat = x.reshape(n * c, 1, rows, cols)
+    return np.pad(flat, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+
+
+def bilinear_upsampling(input, ratio=None, frac_ratio=None, batch_size=None,
+                        num_input_channels=None, use_1D_kernel=True):
+    """Upsample (N, C, R, Col) by an integer ``ratio`` (or a fractional ``frac_ratio`` with
+    ``use_1D_kernel=False``) with bilinear interpolation, replicating the border as Theano does."""
+    x = _array(input, "input")
+    check_ndim(x, 4, "input")
+    if ratio is not None and frac_ratio is not None:
+        raise ValueError("can't use ratio and frac_ratio together")
+    if ratio is None and frac_ratio is None:
+        raise ValueError("No ratio (or frac_ratio) provided")
+    use_1D_kernel = as_bool(use_1D_kernel, "use_1D_kernel")
+    if frac_ratio is not None:
+        if use_1D_kernel:
+            raise ValueError(
+                "For fractional ratios 1D kernel method not implemented. "
+                "You may want to pass use_1D_kernel as False"
+            )
+        return frac_bilinear_upsampling(x, frac_ratio)
+    ratio = as_int(ratio, "ratio", 1)
+    n, c, rows, cols = x.shape
+    if batch_size is not None and as_int(batch_size, "batch_size") != n:
+        raise ValueError(f"batch_size={batch_size} does not match input shape {x.shape}")
+    if num_input_channels is not None and as_int(num_input_channels, "num_input_channels") != c:
+        raise ValueError(f"num_input_channels={num_input_channels} does not match input shape {x.shape}")
+    padded = _edge_padded(x)
+    pad = 2 * ratio - (ratio - 1) // 2 - 1
+    if use_1D_kernel:
+        k = bilinear_kernel_1D(ratio).astype(x.dtype)
+        up_rows = conv2d_grad_wrt_inputs(padded, k[None, None, :, None], (n * c, 1, rows * ratio, cols + 2),
+                                         border_mode=(pad, 0), subsample=(ratio, 1))
+        out = conv2d_grad_wrt_inputs(up_rows, k[None, None, None, :], (n * c, 1, rows * ratio, cols * ratio),
+                                     border_mode=(0, pad), subsample=(1, ratio))
+    else:
+        k = bilinear_kernel_2D(ratio).astype(x.dtype)
+        out = conv2d_grad_wrt_inputs(padded, k[None, None], (n * c, 1, rows * ratio, cols * ratio),
+                                     border_mode=(pad, pad), subsample=(ratio, ratio))
+    return out.reshape(n, c, rows * ratio, cols * ratio)
+
+
+def _frac(value, name):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a (numerator, denominator) pair, got {value!r}")
+    p = as_int(value[0], f"{name}[0]", 1)
+    q = as_int(value[1], f"{name}[1]", 1)
+    d = gcd(p, q)
+    return p // d, q // d
+
+
+def frac_bilinear_upsampling(input, frac_ratio):
+    """Bilinear upsampling by a fractional ratio ``(p, q)`` or ``((p_rows, q_rows), (p_cols, q_cols))``:
+    output size ``(R * p - 1) // q + 1`` per axis (ratios reduced by their gcd)."""
+    x = _array(input, "input")
+    check_ndim(x, 4, "input")
+    if not isinstance(frac_ratio, tuple):
+        raise ValueError(f"frac_ratio must be a tuple, got {frac_ratio!r}")
+    if len(frac_ratio) == 2 and all(isinstance(f, (tuple, list)) for f in frac_ratio):
+        (p0, q0), (p1, q1) = _frac(frac_ratio[0], "frac_ratio[0]"), _frac(frac_ratio[1], "frac_ratio[1]")
+    else:
+        p0, q0 = p1, q1 = _frac(frac_ratio, "frac_ratio")
+    n, c, rows, cols = x.shape
+    padded = _edge_padded(x)
+    double_pad = ((2 * rows - 1) * p0 + 1, (2 * cols - 1) * p1 + 1)
+    pad = (double_pad[0] // 2, double_pad[1] // 2)
+    kern = bilinear_kernel_2D((p0, p1)).astype(x.dtype)
+    pad_kern = np.zeros((1, 1, kern.shape[0] + double_pad[0], kern.shape[1] + double_pad[1]), dtype=x.dtype)
+    pad_kern[0, 0, pad[0]:pad[0] + kern.shape[0], pad[1]:pad[1] + kern.shape[1]] = kern
+    # As in Theano, the image is the filter bank and the padded pyramid the single input.
+    up = conv2d(pad_kern, padded, border_mode="valid", filter_dilation=(p0, p1), subsample=(q0, q1))
+    return up.reshape(n, c, up.shape[2], up.shape[3])
