@@ -58,8 +58,12 @@ def _cached(key, ok, make):
     return spec
 
 
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _array(a, name):
-    if type(a) is np.ndarray and (a.dtype.char == "f" or a.dtype.char == "d"):
+    # dtype equality, not dtype.char: '>f8' has the char 'd' too but is not native float64
+    if type(a) is np.ndarray and (a.dtype == _NATIVE_FLOATS[0] or a.dtype == _NATIVE_FLOATS[1]):
         return a
     return as_float_array(a, name)
 

@@ -177,6 +177,10 @@ class ConvSpec:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Kernels take int64 parameters; anything this large is a mistake, not a convolution.
+_INT_LIMIT = 2**31 - 1
+
+
 def as_int(value, name, minimum=None):
     """A Python/NumPy integer (never a bool or a float, even an integral one)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -184,6 +188,8 @@ def as_int(value, name, minimum=None):
     value = operator.index(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > _INT_LIMIT:
+        raise ValueError(f"{name}={value} is too large (limit {_INT_LIMIT})")
     return value
 
 
@@ -271,6 +277,8 @@ def as_float_array(a, name):
             a = np.asarray(a)
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    if a.dtype.kind == "f" and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype not in _DTYPES:
         raise TypeError(
             f"{name} must have dtype float32 or float64, got {a.dtype} "
