@@ -96,8 +96,8 @@ def _forward(nd, input, filters, input_shape, filter_shape, border_mode, subsamp
     def make():
         check_ndim(x, nd + 2, names["x"])
         check_ndim(w, _filters_ndim(nd, unshared), names["w"], " for unshared convolution" if unshared else "")
-        check_shape_hint(input_shape, x.shape, "input_shape", names["x"])
-        check_shape_hint(filter_shape, w.shape, "filter_shape", names["w"])
+        check_shape_hint(input_shape, x.shape, names.get("x_hint", "input_shape"), names["x"])
+        check_shape_hint(filter_shape, w.shape, names.get("w_hint", "filter_shape"), names["w"])
         return build(FORWARD, nd, x.shape, w.shape, **_opts(
             border_mode, subsample, filter_flip, filter_dilation, num_groups, unshared,
             result_dtype(x, w), names))
@@ -292,10 +292,12 @@ def _separable(nd, input, depthwise_filters, pointwise_filters, num_channels, in
         raise ValueError(f"num_channels={num_channels} does not match the {x.shape[1]} channels of input {x.shape}")
     depthwise = _forward(nd, x, depthwise_filters, input_shape, depthwise_filter_shape, border_mode,
                          subsample, filter_flip, filter_dilation, num_channels, False, algo,
-                         names={"x": "input", "w": "depthwise_filters", "y": "output"})
+                         names={"x": "input", "w": "depthwise_filters", "y": "output",
+                                "w_hint": "depthwise_filter_shape"})
     return _forward(nd, depthwise, pointwise_filters, None, pointwise_filter_shape, "valid",
                     (1,) * nd, filter_flip, (1,) * nd, 1, False, algo,
-                    names={"x": "depthwise output", "w": "pointwise_filters", "y": "output"})
+                    names={"x": "depthwise output", "w": "pointwise_filters", "y": "output",
+                           "w_hint": "pointwise_filter_shape"})
 
 
 def separable_conv2d(input, depthwise_filters, pointwise_filters, num_channels, input_shape=None,
