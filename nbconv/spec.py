@@ -19,6 +19,7 @@ from __future__ import annotations
 import numbers
 import operator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from math import prod
 
 import numpy as np
@@ -59,16 +60,25 @@ class ConvSpec:
     unshared: bool
     dtype: str
 
+    # Specs are dictionary keys on the hot path: hash once (cached_property writes the instance
+    # __dict__ directly, which a frozen dataclass allows; the derived shapes below are cached too).
+    @cached_property
+    def _hash(self):
+        return hash(self.key())
+
+    def __hash__(self):
+        return self._hash
+
     # -- shapes of the three arrays, canonical (5-D / 8-D) and as the user sees them -------------
-    @property
+    @cached_property
     def x_shape(self):
         return (self.batch, self.in_channels) + self.in_size
 
-    @property
+    @cached_property
     def y_shape(self):
         return (self.batch, self.out_channels) + self.out_size
 
-    @property
+    @cached_property
     def w_shape(self):
         cg = self.in_channels // self.groups
         if self.unshared:
@@ -85,26 +95,26 @@ class ConvSpec:
             return (o,) + grid[extra:] + (cg,) + k[extra:]
         return shape[:2] + shape[2 + extra:]
 
-    @property
+    @cached_property
     def user_x_shape(self):
         return self._user(self.x_shape, "x")
 
-    @property
+    @cached_property
     def user_y_shape(self):
         return self._user(self.y_shape, "y")
 
-    @property
+    @cached_property
     def user_w_shape(self):
         return self._user(self.w_shape, "w")
 
-    @property
+    @cached_property
     def result_shape(self):
         """Canonical shape of the array this spec's direction produces."""
         return {FORWARD: self.y_shape, GRAD_INPUT: self.x_shape, GRAD_WEIGHTS: self.w_shape}[
             self.direction
         ]
 
-    @property
+    @cached_property
     def user_result_shape(self):
         return {
             FORWARD: self.user_y_shape,
@@ -112,7 +122,7 @@ class ConvSpec:
             GRAD_WEIGHTS: self.user_w_shape,
         }[self.direction]
 
-    @property
+    @cached_property
     def dilated_kernel(self):
         return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation))
 
@@ -124,7 +134,7 @@ class ConvSpec:
     def group_out(self):
         return self.out_channels // self.groups
 
-    @property
+    @cached_property
     def np_dtype(self):
         return np.dtype(self.dtype)
 
