@@ -37,10 +37,9 @@ def choose(spec, algo=None, device="cpu"):
     if alg is not None:
         return alg
     if algo is None:
-        found = registry.candidates(spec, device)
-        if not found:
+        alg = registry.guess(spec, device)
+        if alg is None:
             raise AlgorithmNotApplicable(f"no {device} algorithm supports {spec.describe()}")
-        alg = found[0]
     elif isinstance(algo, str):
         alg = registry.get(algo, device)
         if not alg.applicable(spec):

@@ -39,6 +39,8 @@ class Algorithm:
     workspace: Callable = _no_workspace  # spec -> bytes of scratch memory beyond the result
     deterministic: bool = True
     description: str = ""
+    # spec -> predicted seconds; the `guess` policy ranks applicable algorithms by it
+    estimate: Callable = None
     directions: frozenset = field(init=False)
 
     def __post_init__(self):
@@ -89,3 +91,17 @@ def get(name, device="cpu"):
 def candidates(spec, device="cpu"):
     """The algorithms able to compute ``spec`` on ``device``, in registration order."""
     return [a for a in algorithms(device) if a.applicable(spec)]
+
+
+def guess(spec, device="cpu"):
+    """The heuristic choice: the applicable algorithm with the lowest ``estimate(spec)``.
+
+    Algorithms without an estimate rank after those with one; ties keep registration order, so
+    the choice is deterministic. Returns None when nothing applies.
+    """
+    best, best_key = None, None
+    for i, a in enumerate(candidates(spec, device)):
+        key = (0, a.estimate(spec), i) if a.estimate is not None else (1, 0.0, i)
+        if best_key is None or key < best_key:
+            best, best_key = a, key
+    return best

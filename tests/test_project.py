@@ -35,3 +35,28 @@ def test_builtin_workloads_load_and_build_specs():
         for d in ("forward", "grad_input", "grad_weights"):
             spec = p.spec(d)
             assert spec.direction == d and spec.flops() > 0
+
+
+def test_guess_prefers_lowest_estimate_then_registration_order():
+    from nbconv import registry
+    from nbconv.problems import load_workload
+
+    spec = load_workload("demo")[1][0].spec("forward")
+    run = {"forward": lambda s, a, b: None}
+    fast = registry.Algorithm("t_fast", "cpu", run, estimate=lambda s: 1.0)
+    slow = registry.Algorithm("t_slow", "cpu", run, estimate=lambda s: 2.0)
+    plain = registry.Algorithm("t_plain", "cpu", run)
+    saved = dict(registry._REGISTRY)
+    try:
+        registry._REGISTRY.clear()
+        for a in (plain, slow, fast):
+            registry.register(a)
+        assert registry.guess(spec) is fast
+        assert registry.guess(spec.with_direction("grad_input")) is None
+        registry._REGISTRY.clear()
+        registry.register(plain)
+        registry.register(registry.Algorithm("t_plain2", "cpu", run))
+        assert registry.guess(spec) is plain
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
