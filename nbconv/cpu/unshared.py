@@ -1,0 +1,162 @@
+"""Unshared (locally connected) convolution as one small GEMM per output position.
+
+At output position p the layer is a dense map: ``Y_p (N x O) = X_p (N x K) @ W_p^T (K x O)`` with
+``K = C/G * kD * kH * kW``, where ``X_p`` is the input patch under p (zeros where it meets the
+padding) and ``W_p = w[:, p]``. In the canonical layout (O, oD, oH, oW, C/G, kD, kH, kW) every
+``w[o, p]`` is a contiguous K-vector, so once the patch is gathered into a contiguous (N, K) block
+every product is a unit-stride dot product or axpy over K, which LLVM vectorises; the direct
+kernel instead walks the 8-D weights tap by tap.
+
+Parallel decomposition: forward and grad-weights over positions (each position owns its outputs and
+its weights), grad-input over (n, group) (patches of neighbouring positions overlap in the input).
+"""
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from .direct import _FASTMATH, _params
+
+
+@njit(inline="always")
+def _gather_patch(x, n, c0, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, out):
+    """out[:] = the (Cg, kD, kH, kW) input patch of x[n, c0:c0+Cg] under output (od, oh, ow)."""
+    D, H, W = x.shape[2], x.shape[3], x.shape[4]
+    KD, KH, KW = out.shape[1], out.shape[2], out.shape[3]
+    for c in range(Cg):
+        for kd in range(KD):
+            idd = od * sd - pd + kd * dd
+            for kh in range(KH):
+                ih = oh * sh - ph + kh * dh
+                rows_ok = 0 <= idd < D and 0 <= ih < H
+                for kw in range(KW):
+                    iw = ow * sw - pw + kw * dw
+                    if rows_ok and 0 <= iw < W:
+                        out[c, kd, kh, kw] = x[n, c0 + c, idd, ih, iw]
+                    else:
+                        out[c, kd, kh, kw] = 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups):
+    N = x.shape[0]
+    O, OD, OH, OW, Cg, KD, KH, KW = w.shape
+    K = Cg * KD * KH * KW
+    P = OD * OH * OW
+    Og = O // groups
+    w2 = w.reshape((O, P, K))
+    y2 = y.reshape((N, O, P))
+    for p in prange(P):
+        od = p // (OH * OW)
+        oh = (p // OW) % OH
+        ow = p % OW
+        patch = np.empty((N, Cg, KD, KH, KW), dtype=x.dtype)
+        flat = patch.reshape((N, K))
+        for g in range(groups):
+            for n in range(N):
+                _gather_patch(x, n, g * Cg, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch[n])
+            for o in range(g * Og, (g + 1) * Og):
+                wrow = w2[o, p]
+                for n in range(N):
+                    prow = flat[n]
+                    y2[n, o, p] = 0.0
+                    acc = y2[n, o, p]
+                    for k in range(K):
+                        acc += prow[k] * wrow[k]
+                    y2[n, o, p] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _bwd_data_unshared_gemm_kernel(dy, w, dx, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups):
+    N, C, D, H, W = dx.shape
+    O, OD, OH, OW, Cg, KD, KH, KW = w.shape
+    K = Cg * KD * KH * KW
+    P = OD * OH * OW
+    Og = O // groups
+    w2 = w.reshape((O, P, K))
+    dy2 = dy.reshape((N, O, P))
+    for t in prange(N * groups):
+        n = t // groups
+        g = t % groups
+        c0 = g * Cg
+        dx[n, c0:c0 + Cg] = 0.0
+        dpatch = np.empty((Cg, KD, KH, KW), dtype=dx.dtype)
+        flat = dpatch.reshape(K)
+        for p in range(P):
+            od = p // (OH * OW)
+            oh = (p // OW) % OH
+            ow = p % OW
+            flat[:] = 0.0
+            for o in range(g * Og, (g + 1) * Og):
+                gv = dy2[n, o, p]
+                wrow = w2[o, p]
+                for k in range(K):
+                    flat[k] += gv * wrow[k]
+            for c in range(Cg):
+                for kd in range(KD):
+                    idd = od * sd - pd + kd * dd
+                    if idd < 0 or idd >= D:
+                        continue
+                    for kh in range(KH):
+                        ih = oh * sh - ph + kh * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        for kw in range(KW):
+                            iw = ow * sw - pw + kw * dw
+                            if 0 <= iw < W:
+                                dx[n, c0 + c, idd, ih, iw] += dpatch[c, kd, kh, kw]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _bwd_filter_unshared_gemm_kernel(x, dy, dwt, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups):
+    N = x.shape[0]
+    O, OD, OH, OW, Cg, KD, KH, KW = dwt.shape
+    K = Cg * KD * KH * KW
+    P = OD * OH * OW
+    Og = O // groups
+    dw2 = dwt.reshape((O, P, K))
+    dy2 = dy.reshape((N, O, P))
+    for p in prange(P):
+        od = p // (OH * OW)
+        oh = (p // OW) % OH
+        ow = p % OW
+        patch = np.empty((N, Cg, KD, KH, KW), dtype=x.dtype)
+        flat = patch.reshape((N, K))
+        for g in range(groups):
+            for n in range(N):
+                _gather_patch(x, n, g * Cg, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch[n])
+            for o in range(g * Og, (g + 1) * Og):
+                drow = dw2[o, p]
+                drow[:] = 0.0
+                for n in range(N):
+                    gv = dy2[n, o, p]
+                    prow = flat[n]
+                    for k in range(K):
+                        drow[k] += gv * prow[k]
+
+
+def supports(spec):
+    return spec.unshared
+
+
+def workspace(spec):
+    """Per-thread patch buffers: (N, K) for forward/grad-weights, (K,) for grad-input."""
+    k = spec.group_in * spec.kernel[0] * spec.kernel[1] * spec.kernel[2]
+    rows = 1 if spec.direction == "grad_input" else spec.batch
+    return rows * k * spec.np_dtype.itemsize * get_num_threads()
+
+
+def forward(spec, x, w):
+    y = np.empty(spec.y_shape, dtype=spec.np_dtype)
+    _fwd_unshared_gemm_kernel(x, w, y, *_params(spec))
+    return y
+
+
+def grad_input(spec, dy, w):
+    dx = np.empty(spec.x_shape, dtype=spec.np_dtype)
+    _bwd_data_unshared_gemm_kernel(dy, w, dx, *_params(spec))
+    return dx
+
+
+def grad_weights(spec, x, dy):
+    dwt = np.empty(spec.w_shape, dtype=spec.np_dtype)
+    _bwd_filter_unshared_gemm_kernel(x, dy, dwt, *_params(spec))
+    return dwt
