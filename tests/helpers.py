@@ -176,7 +176,12 @@ def random_case(rng, nd, index=0, *, unshared=None, groups=None, max_spatial=Non
         Cg = cg or int(rng.integers(1, max(1, min(3, 8 // G)) + 1))
         Og = og or int(rng.integers(1, max(1, min(3, 8 // G)) + 1))
         N = batch if batch is not None else int(rng.choice([0, 1, 1, 2, 2, 3]))
-        k = tuple(int(rng.integers(1, kmax + 1)) for _ in range(nd))
+        # 1x1 kernels are over-represented so algorithms specialised for them (e.g. gemm_1x1)
+        # meet some in every sweep
+        if rng.random() < 0.2:
+            k = (1,) * nd
+        else:
+            k = tuple(int(rng.integers(1, kmax + 1)) for _ in range(nd))
         d = tuple(int(rng.choice([1, 1, 2, 3][: max_dilation + 1])) for _ in range(nd))
         s = tuple(int(rng.integers(1, max_stride + 1)) for _ in range(nd))
         bm = random_border(rng, nd, form)
