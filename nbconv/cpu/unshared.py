@@ -90,19 +90,27 @@ def _bwd_data_unshared_gemm_kernel(dy, w, dx, sd, sh, sw, dd, dh, dw, pd, ph, pw
                 wrow = w2[o, p]
                 for k in range(K):
                     flat[k] += gv * wrow[k]
+            d0, h0, w0 = od * sd - pd, oh * sh - ph, ow * sw - pw
+            interior = (d0 >= 0 and d0 + (KD - 1) * dd < D and h0 >= 0 and h0 + (KH - 1) * dh < H
+                        and w0 >= 0 and w0 + (KW - 1) * dw < W)
             for c in range(Cg):
                 for kd in range(KD):
-                    idd = od * sd - pd + kd * dd
+                    idd = d0 + kd * dd
                     if idd < 0 or idd >= D:
                         continue
                     for kh in range(KH):
-                        ih = oh * sh - ph + kh * dh
+                        ih = h0 + kh * dh
                         if ih < 0 or ih >= H:
                             continue
-                        for kw in range(KW):
-                            iw = ow * sw - pw + kw * dw
-                            if 0 <= iw < W:
-                                dx[n, c0 + c, idd, ih, iw] += dpatch[c, kd, kh, kw]
+                        dxrow = dx[n, c0 + c, idd, ih]
+                        if interior:  # the common case: no per-tap column test
+                            for kw in range(KW):
+                                dxrow[w0 + kw * dw] += dpatch[c, kd, kh, kw]
+                        else:
+                            for kw in range(KW):
+                                iw = w0 + kw * dw
+                                if 0 <= iw < W:
+                                    dxrow[iw] += dpatch[c, kd, kh, kw]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
