@@ -1,4 +1,4 @@
-"""Command line: ``python -m nbconv demo|info`` (also installed as ``nbconv``)."""
+"""Command line: ``python -m nbconv demo|info|bench`` (also installed as ``nbconv``)."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +65,12 @@ def cmd_info(args):
     return 0
 
 
+def cmd_bench(args):
+    from . import bench
+
+    return bench.main(args)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="nbconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +81,15 @@ def main(argv=None):
     demo.set_defaults(func=cmd_demo)
     info = sub.add_parser("info", help="versions, threads and registered algorithms")
     info.set_defaults(func=cmd_info)
+    bench = sub.add_parser("bench", help="time a workload through the public API, optionally against a peer library")
+    bench.add_argument("workload", nargs="?", default="suite", help="built-in workload name or path to a JSON file")
+    bench.add_argument("--peer", choices=["torch"], help="also time this library, alternating, and check its results")
+    bench.add_argument("--directions", nargs="+", choices=["forward", "grad_input", "grad_weights"])
+    bench.add_argument("--repeat", type=int, default=10, help="timed runs per side after the warm-up (median reported)")
+    bench.add_argument("--cases", nargs="+", metavar="NAME", help="only these cases of the workload")
+    bench.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
+                       help="pause before each side's turn when alternating with a peer (see nbconv.bench.SETTLE_S)")
+    bench.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

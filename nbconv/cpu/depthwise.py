@@ -10,10 +10,12 @@ per tap) is bound by loads, stores and loop overhead rather than arithmetic. Ins
 * each task copies its source plane once into a zeroed, thread-local buffer that already holds the
   padding (and, for the gradient w.r.t. the input, the zeros between strided output samples), so
   every tap of every output column is in bounds and no inner loop carries padding logic;
-* ``CHUNK`` taps are fused into each vectorised pass over an output row, the first pass storing
-  and the others accumulating: for a 3x3 kernel three passes instead of nine plus a zeroing pass.
-  The tap list is padded to a multiple of ``CHUNK`` with zero-weight taps that read a zero strip at
-  the end of the buffer (0 * 0, so a NaN or Inf elsewhere never leaks into them).
+* ``CHUNK`` taps are fused into each vectorised pass, the first pass storing and the others
+  accumulating: for a 3x3 kernel three passes instead of nine plus a zeroing pass. The tap list is
+  padded to a multiple of ``CHUNK`` with zero-weight taps that read a zero strip at the end of the
+  buffer (0 * 0, so a NaN or Inf elsewhere never leaks into them);
+* with unit strides a pass covers a whole output plane at the buffer's row pitch (see
+  :func:`_gather_plane`), so the vector loop is long instead of one short row with a remainder.
 
 The gradient w.r.t. the input is the same gather on the buffer of ``output_grad`` with the kernel
 reversed (a transposed convolution). The gradient w.r.t. the weights runs ``CHUNK`` dot products
@@ -24,10 +26,12 @@ channels, each task summing over the batch. No two tasks write the same element.
 """
 from math import prod
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ..spec import GRAD_INPUT
+# direct.py's flags: 'reassoc' is what lets the dot products of _correlate_row vectorise
 from .direct import _FASTMATH, _col_range
 
 #: Taps fused per pass over an output row: a 3-wide kernel row, no padding for 3x3 and 3x3x3.
@@ -40,6 +44,13 @@ def _round_up(n, m):
 
 
 @njit(inline="always")
+def _strip(n_taps, pass_len, kw_reach):
+    """Length of the zero strip after the buffer: a whole pass for the padding taps when there are
+    any, else the last plane pass's overrun past the buffer (its discarded columns)."""
+    return pass_len if n_taps % CHUNK else kw_reach
+
+
+@njit(inline="always")
 def _fill(buf, src, shift, step):
     """buf[i * step + shift] = src[i] (per axis) wherever that lands inside ``buf``."""
     lo0, hi0 = _col_range(shift[0], step[0], buf.shape[0], src.shape[0])
@@ -48,7 +59,7 @@ def _fill(buf, src, shift, step):
     for a in range(lo0, hi0):
         for b in range(lo1, hi1):
             # views starting at the first element keep the indices non-negative, so the copy
-            # loop has no wraparound selects and vectorises (per-element indexing cost 4x)
+            # loop has no wraparound selects and vectorises (indexing buf directly: ~5x slower)
             dst = buf[a * step[0] + shift[0], b * step[1] + shift[1], lo2 * step[2] + shift[2]:]
             srow = src[a, b, lo2:hi2]
             for c in range(srow.shape[0]):
@@ -138,9 +149,8 @@ def _fwd_depthwise_kernel(x, w, y, stride, dil, shift, bshape):
     for task in prange(N * C):
         n = task // C
         c = task % C
-        # the padded volume, then a zero strip as long as any pass (read by the padding taps)
         scratch = np.empty(OH * bshape[2], x.dtype)
-        flat = np.zeros(size + scratch.shape[0], x.dtype)
+        flat = np.zeros(size + _strip(nt, scratch.shape[0], (kernel[2] - 1) * dil[2]), x.dtype)
         _fill(flat[:size].reshape(bshape), x[n, c], shift, (1, 1, 1))
         offs = np.empty(nt, np.int64)
         _tap_offsets(offs, 0, 0, kernel, dil, bshape)
@@ -166,10 +176,10 @@ def _bwd_data_depthwise_kernel(dy, w, dx, stride, dil, shift, bshape):
     for task in prange(N * C):
         n = task // C
         c = task % C
-        # one zero-inserted, padded plane per output channel of the group, then the zero strip;
-        # the taps of all of them are summed into each row of dx
+        # one zero-inserted, padded volume per output channel of the group, then the zero strip;
+        # the taps of all of them are summed into each plane of dx
         scratch = np.empty(H * bshape[2], dy.dtype)
-        flat = np.zeros(Og * size + scratch.shape[0], dy.dtype)
+        flat = np.zeros(Og * size + _strip(nt, scratch.shape[0], (kernel[2] - 1) * dil[2]), dy.dtype)
         offs = np.empty(nt, np.int64)
         pos = np.full(_round_up(nt, CHUNK), Og * size, np.int64)
         ws = np.zeros(pos.shape[0], dy.dtype)
@@ -234,8 +244,6 @@ def supports(spec):
 
 def workspace(spec):
     """Scratch bytes: every thread holds one task's buffers (volume, zero strip, row scratch)."""
-    import numba
-
     if spec.direction == GRAD_INPUT:
         b = _buffer_shape(spec.in_size, (1, 1, 1), spec.kernel, spec.dilation)
         per_task = spec.group_out * prod(b) + 2 * spec.in_size[1] * b[2]
