@@ -7,8 +7,9 @@ padding) and ``W_p = w[:, p]``. In the canonical layout (O, oD, oH, oW, C/G, kD,
 every product is a unit-stride dot product or axpy over K, which LLVM vectorises; the direct
 kernel instead walks the 8-D weights tap by tap.
 
-Parallel decomposition: forward and grad-weights over positions (each position owns its outputs and
-its weights), grad-input over (n, group) (patches of neighbouring positions overlap in the input).
+Parallel decomposition: forward and grad-weights over chunks of positions, one per thread (each
+position owns its outputs and weights; a chunk reuses one patch buffer), grad-input over
+(n, group) (patches of neighbouring positions overlap in the input).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -35,8 +36,18 @@ def _gather_patch(x, n, c0, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, 
                         out[c, kd, kh, kw] = 0.0
 
 
+@njit(inline="always")
+def _gather_group(x, c0, Cg, p, OH, OW, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch):
+    """patch[n] = the patch of every image n under output position p (flat index)."""
+    od = p // (OH * OW)
+    oh = (p // OW) % OH
+    ow = p % OW
+    for n in range(x.shape[0]):
+        _gather_patch(x, n, c0, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch[n])
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups):
+def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups, nchunks):
     N = x.shape[0]
     O, OD, OH, OW, Cg, KD, KH, KW = w.shape
     K = Cg * KD * KH * KW
@@ -44,24 +55,22 @@ def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, group
     Og = O // groups
     w2 = w.reshape((O, P, K))
     y2 = y.reshape((N, O, P))
-    for p in prange(P):
-        od = p // (OH * OW)
-        oh = (p // OW) % OH
-        ow = p % OW
+    # one patch buffer per chunk of positions (a chunk per thread), not one per position
+    for chunk in prange(nchunks):
         patch = np.empty((N, Cg, KD, KH, KW), dtype=x.dtype)
         flat = patch.reshape((N, K))
-        for g in range(groups):
-            for n in range(N):
-                _gather_patch(x, n, g * Cg, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch[n])
-            for o in range(g * Og, (g + 1) * Og):
-                wrow = w2[o, p]
-                for n in range(N):
-                    prow = flat[n]
-                    y2[n, o, p] = 0.0
-                    acc = y2[n, o, p]
-                    for k in range(K):
-                        acc += prow[k] * wrow[k]
-                    y2[n, o, p] = acc
+        for p in range(chunk * P // nchunks, (chunk + 1) * P // nchunks):
+            for g in range(groups):
+                _gather_group(x, g * Cg, Cg, p, OH, OW, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch)
+                for o in range(g * Og, (g + 1) * Og):
+                    wrow = w2[o, p]
+                    for n in range(N):
+                        prow = flat[n]
+                        y2[n, o, p] = 0.0
+                        acc = y2[n, o, p]
+                        for k in range(K):
+                            acc += prow[k] * wrow[k]
+                        y2[n, o, p] = acc
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -114,7 +123,7 @@ def _bwd_data_unshared_gemm_kernel(dy, w, dx, sd, sh, sw, dd, dh, dw, pd, ph, pw
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _bwd_filter_unshared_gemm_kernel(x, dy, dwt, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups):
+def _bwd_filter_unshared_gemm_kernel(x, dy, dwt, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups, nchunks):
     N = x.shape[0]
     O, OD, OH, OW, Cg, KD, KH, KW = dwt.shape
     K = Cg * KD * KH * KW
@@ -122,23 +131,24 @@ def _bwd_filter_unshared_gemm_kernel(x, dy, dwt, sd, sh, sw, dd, dh, dw, pd, ph,
     Og = O // groups
     dw2 = dwt.reshape((O, P, K))
     dy2 = dy.reshape((N, O, P))
-    for p in prange(P):
-        od = p // (OH * OW)
-        oh = (p // OW) % OH
-        ow = p % OW
+    for chunk in prange(nchunks):
         patch = np.empty((N, Cg, KD, KH, KW), dtype=x.dtype)
         flat = patch.reshape((N, K))
-        for g in range(groups):
-            for n in range(N):
-                _gather_patch(x, n, g * Cg, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch[n])
-            for o in range(g * Og, (g + 1) * Og):
-                drow = dw2[o, p]
-                drow[:] = 0.0
-                for n in range(N):
-                    gv = dy2[n, o, p]
-                    prow = flat[n]
-                    for k in range(K):
-                        drow[k] += gv * prow[k]
+        for p in range(chunk * P // nchunks, (chunk + 1) * P // nchunks):
+            for g in range(groups):
+                _gather_group(x, g * Cg, Cg, p, OH, OW, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch)
+                for o in range(g * Og, (g + 1) * Og):
+                    drow = dw2[o, p]
+                    drow[:] = 0.0
+                    for n in range(N):
+                        gv = dy2[n, o, p]
+                        prow = flat[n]
+                        for k in range(K):
+                            drow[k] += gv * prow[k]
+
+
+def _chunks(spec):
+    return max(1, min(get_num_threads(), spec.out_size[0] * spec.out_size[1] * spec.out_size[2]))
 
 
 def supports(spec):
@@ -146,15 +156,17 @@ def supports(spec):
 
 
 def workspace(spec):
-    """Per-thread patch buffers: (N, K) for forward/grad-weights, (K,) for grad-input."""
+    """Patch buffers: an (N, K) one per chunk for forward/grad-weights, a (K,) one per task for
+    grad-input."""
     k = spec.group_in * spec.kernel[0] * spec.kernel[1] * spec.kernel[2]
-    rows = 1 if spec.direction == "grad_input" else spec.batch
-    return rows * k * spec.np_dtype.itemsize * get_num_threads()
+    if spec.direction == "grad_input":
+        return k * spec.np_dtype.itemsize * spec.batch * spec.groups
+    return spec.batch * k * spec.np_dtype.itemsize * _chunks(spec)
 
 
 def forward(spec, x, w):
     y = np.empty(spec.y_shape, dtype=spec.np_dtype)
-    _fwd_unshared_gemm_kernel(x, w, y, *_params(spec))
+    _fwd_unshared_gemm_kernel(x, w, y, *_params(spec), _chunks(spec))
     return y
 
 
@@ -166,5 +178,5 @@ def grad_input(spec, dy, w):
 
 def grad_weights(spec, x, dy):
     dwt = np.empty(spec.w_shape, dtype=spec.np_dtype)
-    _bwd_filter_unshared_gemm_kernel(x, dy, dwt, *_params(spec))
+    _bwd_filter_unshared_gemm_kernel(x, dy, dwt, *_params(spec), _chunks(spec))
     return dwt
