@@ -23,6 +23,7 @@ import numpy as np
 
 from . import api, dispatch
 from .problems import load_workload, workload_path
+from .threads import get_num_threads
 from .spec import DIRECTIONS, FORWARD, GRAD_INPUT, GRAD_WEIGHTS
 
 #: FP32 peak of the benchmark machine, GFLOP/s: 2 cores (AMD EPYC, Zen 4) x ~2.85 GHz x 2 FMA pipes
@@ -57,12 +58,6 @@ class Row:
     max_rel_err: float | None = None  # against the peer's result
 
 
-def threads():
-    import numba
-
-    return numba.get_num_threads()
-
-
 def reference_ms(workload):
     """The workload file's ``reference_ms`` mapping (case -> direction -> ms), or {}."""
     with open(workload_path(workload)) as f:
@@ -72,17 +67,6 @@ def reference_ms(workload):
 # ---------------------------------------------------------------------------------------------
 # nbconv side: the public function a user would call for (problem, direction)
 # ---------------------------------------------------------------------------------------------
-
-
-def _operands(p, seed=0):
-    """User-shaped float arrays x, w, dy of problem ``p``."""
-    spec = p.spec()
-    rng = np.random.default_rng(seed)
-    dt = spec.np_dtype
-    return tuple(
-        rng.standard_normal(shape, dtype=np.float32).astype(dt)
-        for shape in (spec.user_x_shape, spec.user_w_shape, spec.user_y_shape)
-    )
 
 
 def nbconv_call(p, direction, x, w, dy):
@@ -253,10 +237,10 @@ def run(workload="suite", peer=None, directions=None, repeat=10, cases=None, war
         if unknown:
             raise ValueError(f"no case(s) {sorted(unknown)} in workload {name!r}")
         problems = [p for p in problems if p.name in cases]
-    peer_impl = PEERS[peer](threads()) if peer else None
+    peer_impl = PEERS[peer](get_num_threads()) if peer else None
     rows = []
     for p in problems:
-        x, w, dy = _operands(p)
+        x, w, dy = p.arrays()
         for d in directions:
             spec = p.spec(d)
             ours = nbconv_call(p, d, x, w, dy)
@@ -339,7 +323,7 @@ def main(args):
             print(f"peer {peer!r} is not installed: timing nbconv only")
             peer = None
     name = load_workload(args.workload)[0]
-    print(f"nbconv bench: workload {name!r}, threads {threads()}, peer {peer or 'none'}, "
+    print(f"nbconv bench: workload {name!r}, threads {get_num_threads()}, peer {peer or 'none'}, "
           f"repeat {args.repeat} (medians), settle {args.settle:g} s, peak {PEAK_GFLOPS:g} GFLOP/s")
     print(f"load average before: {_load()}")
     print(HEADER)

@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from .threads import get_num_threads
+
 
 def _median_time(fn, repeat):
     times = []
@@ -27,7 +29,7 @@ def cmd_demo(args):
     name, problems = load_workload(args.workload)
     directions = args.directions or list(DIRECTIONS)
     print(f"nbconv demo: workload {name!r}, {len(problems)} problems, directions {', '.join(directions)}")
-    print(f"threads: {_threads()}   load average: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"threads: {get_num_threads()}   load average: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     header = f"{'problem':16s} {'direction':13s} {'algorithm':10s} {'compile+1st':>11s} {'median':>10s} {'GFLOP/s':>8s}  shapes"
     print(header)
     print("-" * len(header))
@@ -45,12 +47,6 @@ def cmd_demo(args):
     return 0
 
 
-def _threads():
-    import numba
-
-    return numba.get_num_threads()
-
-
 def cmd_info(args):
     import llvmlite
     import numba
@@ -58,7 +54,7 @@ def cmd_info(args):
     from . import __version__, registry
 
     print(f"nbconv {__version__}  numba {numba.__version__}  llvmlite {llvmlite.__version__}  numpy {np.__version__}")
-    print(f"python {platform.python_version()}  machine {platform.machine()}  cpus {os.cpu_count()}  numba threads {numba.get_num_threads()}")
+    print(f"python {platform.python_version()}  machine {platform.machine()}  cpus {os.cpu_count()}  threads {get_num_threads()}")
     print("algorithms:")
     for a in registry.algorithms():
         print(f"  {a.device:5s} {a.name:12s} {', '.join(sorted(a.directions)):40s} {a.description}")

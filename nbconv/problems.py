@@ -56,14 +56,21 @@ class Problem:
             dtype=self.dtype, names={"x": "input", "w": "filters"},
         )
 
-    def operands(self, direction, seed=0):
-        """Random canonical operands (a, b) for ``direction`` (see :mod:`nbconv.registry`)."""
-        spec = self.spec(direction)
+    def arrays(self, seed=0):
+        """Random user-shaped x, w, dy (the same numbers for every direction)."""
+        spec = self.spec()
         rng = np.random.default_rng(seed)
-        dt = spec.np_dtype
-        x = rng.standard_normal(spec.x_shape, dtype=np.float32).astype(dt)
-        w = rng.standard_normal(spec.w_shape, dtype=np.float32).astype(dt)
-        dy = rng.standard_normal(spec.y_shape, dtype=np.float32).astype(dt)
+        return tuple(
+            rng.standard_normal(shape, dtype=np.float32).astype(spec.np_dtype)
+            for shape in (spec.user_x_shape, spec.user_w_shape, spec.user_y_shape)
+        )
+
+    def operands(self, direction, seed=0):
+        """The spec of ``direction`` and its random canonical operands (a, b) (see
+        :mod:`nbconv.registry`)."""
+        spec = self.spec(direction)
+        x, w, dy = self.arrays(seed)
+        x, w, dy = x.reshape(spec.x_shape), w.reshape(spec.w_shape), dy.reshape(spec.y_shape)
         if direction == FORWARD:
             return spec, x, w
         if direction == GRAD_INPUT:
