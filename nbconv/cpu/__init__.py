@@ -47,3 +47,14 @@ _register("im2col", im2col,
 # r50_1x1_14: ~170 GFLOP/s measured, BLAS-bound
 _register("gemm_1x1", gemm1x1, "1x1 kernels: batched GEMMs on views (strided or padded: gathered input)",
           lambda spec: 2 * _LAUNCH + spec.flops() / 150e9)
+
+from . import direct_serial, flat  # noqa: E402
+
+# Single-threaded kernels: no pool wake-up (~10-20 us per parallel launch measured here), so they
+# win only on problems of a few hundred kFLOP, like LeNet's first layer.
+_register("direct_serial", direct_serial,
+          "the direct kernels on the calling thread only: tiny problems, every direction",
+          lambda spec: 1e-6 + spec.flops() / (0.4e9 if spec.unshared else 5e9))
+_register("flat", flat,
+          "stride 1, single-threaded: each tap one long multiply-add over flattened padded planes",
+          lambda spec: 2e-6 + spec.flops() / 12e9)
