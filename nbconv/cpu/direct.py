@@ -32,8 +32,9 @@ def _col_range(off, s, n_in, n_out):
 
 @njit(inline="always")
 def _col_ranges(KW, dw, pw, sw, W, OW):
-    """``_col_range`` of every kernel column kw, computed once per launch: the floor divisions
-    cost more than the columns they bound when rows are short (LeNet's 24-wide rows: 38 -> ? us)."""
+    """``_col_range`` of every kernel column kw, computed once per launch: per tap, its floor
+    divisions cost as much as the columns they bound when rows are short (LeNet's 24-wide rows:
+    the forward kernel took 38.9 us before, 29.1 us after, medians under similar load)."""
     lo = np.empty(KW, np.int64)
     hi = np.empty(KW, np.int64)
     for kw in range(KW):
