@@ -4,6 +4,12 @@ Each function validates its arguments into a :class:`~nbconv.spec.ConvSpec` (cac
 signature, so a repeated call skips the Python validation), makes the operands canonical and hands
 them to :mod:`nbconv.dispatch`. ``algo=`` names a registered algorithm (see
 :func:`nbconv.registry.names`); by default the dispatcher chooses.
+
+CUDA: when the arrays are device arrays (Numba device arrays, or anything exporting
+``__cuda_array_interface__``: CuPy arrays, PyTorch CUDA tensors), the call runs on the GPU through
+:func:`nbconv.cuda.front.execute` (imported on first use) and returns a Numba device array; NumPy
+arrays run on the CPU unless ``device='cuda'`` is passed (copied in, the result copied out).
+Mixing host and device arrays in one call is a TypeError.
 """
 from __future__ import annotations
 
@@ -61,11 +67,56 @@ def _cached(key, ok, make):
 _NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _array(a, name):
+def _array(a, name, device_ok=False):
     # dtype equality, not dtype.char: '>f8' has the char 'd' too but is not native float64
     if type(a) is np.ndarray and (a.dtype == _NATIVE_FLOATS[0] or a.dtype == _NATIVE_FLOATS[1]):
         return a
+    if _is_device(a):
+        if not device_ok:
+            raise TypeError(f"{name} is a CUDA device array; this function takes host (NumPy) arrays")
+        from .cuda import arrays
+
+        return arrays.wrap(a, name)  # a Numba device array of the same memory
     return as_float_array(a, name)
+
+
+def _is_device(a):
+    """A Numba device array or an object exporting __cuda_array_interface__ (no numba.cuda import)."""
+    if type(a) is np.ndarray:
+        return False
+    if getattr(a, "__cuda_ndarray__", False):
+        return True
+    try:
+        return hasattr(a, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001  (e.g. a PyTorch CUDA tensor that requires grad)
+        return True
+
+
+def _operands(a, b, na, nb, device):
+    """The two arrays of a call (host, or wrapped device arrays) and whether it runs on CUDA."""
+    a, b = _array(a, na, True), _array(b, nb, True)
+    if device is None and type(a) is np.ndarray and type(b) is np.ndarray:
+        return a, b, False
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    on_a, on_b = not isinstance(a, np.ndarray), not isinstance(b, np.ndarray)  # (memmaps are host)
+    if on_a != on_b:
+        dev, host = (na, nb) if on_a else (nb, na)
+        raise TypeError(
+            f"{dev} is a CUDA device array but {host} is a host (NumPy) array: pass both on the "
+            f"device (numba.cuda.to_device(...)) or both on the host (.copy_to_host()); host "
+            f"arrays run on the GPU with device='cuda'"
+        )
+    if on_a and device == "cpu":
+        raise TypeError(f"device='cpu' but {na} and {nb} are CUDA device arrays "
+                        f"(copy them to the host with .copy_to_host())")
+    return a, b, on_a or device == "cuda"
+
+
+def _cuda_execute(spec, a, b, algo, names):
+    from .cuda import front
+
+    return front.execute(spec, a, b, algo, names)
 
 
 def _filters_ndim(nd, unshared):
@@ -85,9 +136,8 @@ def _opts(border_mode, subsample, filter_flip, filter_dilation, num_groups, unsh
 
 
 def _forward(nd, input, filters, input_shape, filter_shape, border_mode, subsample, filter_flip,
-             filter_dilation, num_groups, unshared, algo, names=_FWD):
-    x = _array(input, names["x"])
-    w = _array(filters, names["w"])
+             filter_dilation, num_groups, unshared, algo, names=_FWD, device=None):
+    x, w, cuda = _operands(input, filters, names["x"], names["w"], device)
     key = (FORWARD, nd, x.shape, w.shape, x.dtype.char, w.dtype.char, border_mode, subsample,
            filter_flip, filter_dilation, num_groups, unshared, input_shape, filter_shape)
     ok = _cacheable(filter_flip, unshared, num_groups, border_mode, subsample, filter_dilation,
@@ -103,15 +153,16 @@ def _forward(nd, input, filters, input_shape, filter_shape, border_mode, subsamp
             result_dtype(x, w), names))
 
     spec = _cached(key, ok, make)
+    if cuda:
+        return _cuda_execute(spec, x, w, algo, (names["x"], names["w"]))
     dt = spec.np_dtype
     return dispatch.execute(spec, dispatch.canonical(x, spec.x_shape, dt),
                             dispatch.canonical_weights(spec, w), algo)
 
 
 def _grad_input(nd, output_grad, filters, input_shape, filter_shape, border_mode, subsample,
-                filter_flip, filter_dilation, num_groups, unshared, algo, names=_GIN):
-    dy = _array(output_grad, names["y"])
-    w = _array(filters, names["w"])
+                filter_flip, filter_dilation, num_groups, unshared, algo, names=_GIN, device=None):
+    dy, w, cuda = _operands(output_grad, filters, names["y"], names["w"], device)
     if isinstance(input_shape, np.ndarray):
         input_shape = tuple(input_shape.tolist())
     key = (GRAD_INPUT, nd, dy.shape, w.shape, dy.dtype.char, w.dtype.char, border_mode, subsample,
@@ -138,15 +189,16 @@ def _grad_input(nd, output_grad, filters, input_shape, filter_shape, border_mode
         return spec
 
     spec = _cached(key, ok, make)
+    if cuda:
+        return _cuda_execute(spec, dy, w, algo, (names["y"], names["w"]))
     dt = spec.np_dtype
     return dispatch.execute(spec, dispatch.canonical(dy, spec.y_shape, dt),
                             dispatch.canonical_weights(spec, w), algo)
 
 
 def _grad_weights(nd, input, output_grad, filter_shape, input_shape, border_mode, subsample,
-                  filter_flip, filter_dilation, num_groups, unshared, algo, names=_GW):
-    x = _array(input, names["x"])
-    dy = _array(output_grad, names["y"])
+                  filter_flip, filter_dilation, num_groups, unshared, algo, names=_GW, device=None):
+    x, dy, cuda = _operands(input, output_grad, names["x"], names["y"], device)
     if isinstance(filter_shape, np.ndarray):
         filter_shape = tuple(filter_shape.tolist())
     key = (GRAD_WEIGHTS, nd, x.shape, dy.shape, x.dtype.char, dy.dtype.char, border_mode,
@@ -175,6 +227,8 @@ def _grad_weights(nd, input, output_grad, filter_shape, input_shape, border_mode
         return spec
 
     spec = _cached(key, ok, make)
+    if cuda:
+        return _cuda_execute(spec, x, dy, algo, (names["x"], names["y"]))
     dt = spec.np_dtype
     return dispatch.execute(spec, dispatch.canonical(x, spec.x_shape, dt),
                             dispatch.canonical(dy, spec.y_shape, dt), algo)
@@ -187,39 +241,39 @@ def _grad_weights(nd, input, output_grad, filter_shape, input_shape, border_mode
 
 def conv2d(input, filters, input_shape=None, filter_shape=None, border_mode="valid",
            subsample=(1, 1), filter_flip=True, filter_dilation=(1, 1), num_groups=1,
-           unshared=False, *, algo=None):
+           unshared=False, *, algo=None, device=None):
     """2D convolution of ``input`` (N, C, H, W) with ``filters`` (O, C/num_groups, kH, kW), or
     unshared filters (O, oH, oW, C/num_groups, kH, kW). Returns (N, O, oH, oW)."""
     return _forward(2, input, filters, input_shape, filter_shape, border_mode, subsample,
-                    filter_flip, filter_dilation, num_groups, unshared, algo)
+                    filter_flip, filter_dilation, num_groups, unshared, algo, device=device)
 
 
 def conv2d_grad_wrt_inputs(output_grad, filters, input_shape, filter_shape=None,
                            border_mode="valid", subsample=(1, 1), filter_flip=True,
-                           filter_dilation=(1, 1), num_groups=1, unshared=False, *, algo=None):
+                           filter_dilation=(1, 1), num_groups=1, unshared=False, *, algo=None, device=None):
     """Gradient of a 2D convolution's output w.r.t. its input, of shape ``input_shape`` (whose
     batch and channel entries may be None). All other arguments are the forward call's."""
     return _grad_input(2, output_grad, filters, input_shape, filter_shape, border_mode, subsample,
-                       filter_flip, filter_dilation, num_groups, unshared, algo)
+                       filter_flip, filter_dilation, num_groups, unshared, algo, device=device)
 
 
 def conv2d_grad_wrt_weights(input, output_grad, filter_shape, input_shape=None,
                             border_mode="valid", subsample=(1, 1), filter_flip=True,
-                            filter_dilation=(1, 1), num_groups=1, unshared=False, *, algo=None):
+                            filter_dilation=(1, 1), num_groups=1, unshared=False, *, algo=None, device=None):
     """Gradient of a 2D convolution's output w.r.t. the filters as passed to the forward call
     (``filter_flip`` is accounted for), of shape ``filter_shape`` (channel entries may be None)."""
     return _grad_weights(2, input, output_grad, filter_shape, input_shape, border_mode, subsample,
-                         filter_flip, filter_dilation, num_groups, unshared, algo)
+                         filter_flip, filter_dilation, num_groups, unshared, algo, device=device)
 
 
 def conv2d_transpose(input, filters, output_shape, filter_shape=None, border_mode="valid",
                      input_dilation=(1, 1), filter_flip=True, filter_dilation=(1, 1),
-                     num_groups=1, unshared=False, *, algo=None):
+                     num_groups=1, unshared=False, *, algo=None, device=None):
     """Transposed convolution: the grad-input of the forward convolution whose ``border_mode`` and
     ``subsample`` (= ``input_dilation``) are given. ``filters`` are (C_in, C_out/num_groups, kH, kW)
     with C_in the channels of ``input``."""
     return _grad_input(2, input, filters, output_shape, filter_shape, border_mode, input_dilation,
-                       filter_flip, filter_dilation, num_groups, unshared, algo, names=_TRANSPOSE)
+                       filter_flip, filter_dilation, num_groups, unshared, algo, names=_TRANSPOSE, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,32 +283,32 @@ def conv2d_transpose(input, filters, output_shape, filter_shape=None, border_mod
 
 def conv3d(input, filters, input_shape=None, filter_shape=None, border_mode="valid",
            subsample=(1, 1, 1), filter_flip=True, filter_dilation=(1, 1, 1), num_groups=1,
-           unshared=False, *, algo=None):
+           unshared=False, *, algo=None, device=None):
     """3D convolution of ``input`` (N, C, D, H, W) with ``filters`` (O, C/num_groups, kD, kH, kW)."""
     return _forward(3, input, filters, input_shape, filter_shape, border_mode, subsample,
-                    filter_flip, filter_dilation, num_groups, unshared, algo)
+                    filter_flip, filter_dilation, num_groups, unshared, algo, device=device)
 
 
 def conv3d_grad_wrt_inputs(output_grad, filters, input_shape, filter_shape=None,
                            border_mode="valid", subsample=(1, 1, 1), filter_flip=True,
-                           filter_dilation=(1, 1, 1), num_groups=1, unshared=False, *, algo=None):
+                           filter_dilation=(1, 1, 1), num_groups=1, unshared=False, *, algo=None, device=None):
     return _grad_input(3, output_grad, filters, input_shape, filter_shape, border_mode, subsample,
-                       filter_flip, filter_dilation, num_groups, unshared, algo)
+                       filter_flip, filter_dilation, num_groups, unshared, algo, device=device)
 
 
 def conv3d_grad_wrt_weights(input, output_grad, filter_shape, input_shape=None,
                             border_mode="valid", subsample=(1, 1, 1), filter_flip=True,
-                            filter_dilation=(1, 1, 1), num_groups=1, unshared=False, *, algo=None):
+                            filter_dilation=(1, 1, 1), num_groups=1, unshared=False, *, algo=None, device=None):
     return _grad_weights(3, input, output_grad, filter_shape, input_shape, border_mode, subsample,
-                         filter_flip, filter_dilation, num_groups, unshared, algo)
+                         filter_flip, filter_dilation, num_groups, unshared, algo, device=device)
 
 
 def conv3d_transpose(input, filters, output_shape, filter_shape=None, border_mode="valid",
                      input_dilation=(1, 1, 1), filter_flip=True, filter_dilation=(1, 1, 1),
-                     num_groups=1, unshared=False, *, algo=None):
+                     num_groups=1, unshared=False, *, algo=None, device=None):
     """3D transposed convolution (not in Theano): see :func:`conv2d_transpose`."""
     return _grad_input(3, input, filters, output_shape, filter_shape, border_mode, input_dilation,
-                       filter_flip, filter_dilation, num_groups, unshared, algo, names=_TRANSPOSE)
+                       filter_flip, filter_dilation, num_groups, unshared, algo, names=_TRANSPOSE, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,12 +317,12 @@ def conv3d_transpose(input, filters, output_shape, filter_shape=None, border_mod
 
 
 def causal_conv1d(input, filters, filter_shape, input_shape=None, subsample=1, filter_flip=True,
-                  filter_dilation=1, num_groups=1, unshared=False, *, algo=None):
+                  filter_dilation=1, num_groups=1, unshared=False, *, algo=None, device=None):
     """Dilated causal convolution of ``input`` (N, C, L) with ``filters`` (O, C/num_groups, K):
     the input is left-padded by ``filter_dilation * (K - 1)`` and not at all on the right, so the
     output at t sees the inputs up to and including t. Output length ``(L - 1) // subsample + 1``.
     With ``unshared=True`` the filters are (O, out_len, C/num_groups, K)."""
-    w = _array(filters, "filters")
+    w = _array(filters, "filters", True)
     nd_w = _filters_ndim(1, unshared)
     check_ndim(w, nd_w, "filters", " for unshared causal convolution" if unshared else "")
     if filter_shape is None:
@@ -279,13 +333,13 @@ def causal_conv1d(input, filters, filter_shape, input_shape=None, subsample=1, f
     dilation = int_tuple(filter_dilation, 1, "filter_dilation")
     left = dilation[0] * (w.shape[-1] - 1)
     return _forward(1, input, w, input_shape, filter_shape, ((left, 0),), subsample, filter_flip,
-                    dilation, num_groups, unshared, algo)
+                    dilation, num_groups, unshared, algo, device=device)
 
 
 def _separable(nd, input, depthwise_filters, pointwise_filters, num_channels, input_shape,
                depthwise_filter_shape, pointwise_filter_shape, border_mode, subsample,
-               filter_flip, filter_dilation, algo):
-    x = _array(input, "input")
+               filter_flip, filter_dilation, algo, device=None):
+    x = _array(input, "input", True)
     check_ndim(x, nd + 2, "input")
     num_channels = as_int(num_channels, "num_channels", 1)
     if x.shape[1] != num_channels:
@@ -293,33 +347,33 @@ def _separable(nd, input, depthwise_filters, pointwise_filters, num_channels, in
     depthwise = _forward(nd, x, depthwise_filters, input_shape, depthwise_filter_shape, border_mode,
                          subsample, filter_flip, filter_dilation, num_channels, False, algo,
                          names={"x": "input", "w": "depthwise_filters", "y": "output",
-                                "w_hint": "depthwise_filter_shape"})
+                                "w_hint": "depthwise_filter_shape"}, device=device)
     return _forward(nd, depthwise, pointwise_filters, None, pointwise_filter_shape, "valid",
                     (1,) * nd, filter_flip, (1,) * nd, 1, False, algo,
                     names={"x": "depthwise output", "w": "pointwise_filters", "y": "output",
-                           "w_hint": "pointwise_filter_shape"})
+                           "w_hint": "pointwise_filter_shape"}, device=device)
 
 
 def separable_conv2d(input, depthwise_filters, pointwise_filters, num_channels, input_shape=None,
                      depthwise_filter_shape=None, pointwise_filter_shape=None,
                      border_mode="valid", subsample=(1, 1), filter_flip=True,
-                     filter_dilation=(1, 1), *, algo=None):
+                     filter_dilation=(1, 1), *, algo=None, device=None):
     """Depthwise convolution (``num_groups=num_channels``; filters (M*C, 1, kH, kW)) followed by a
     pointwise one (filters (O, M*C, 1, 1)). ``border_mode``, ``subsample`` and ``filter_dilation``
     apply to the depthwise step."""
     return _separable(2, input, depthwise_filters, pointwise_filters, num_channels, input_shape,
                       depthwise_filter_shape, pointwise_filter_shape, border_mode, subsample,
-                      filter_flip, filter_dilation, algo)
+                      filter_flip, filter_dilation, algo, device=device)
 
 
 def separable_conv3d(input, depthwise_filters, pointwise_filters, num_channels, input_shape=None,
                      depthwise_filter_shape=None, pointwise_filter_shape=None,
                      border_mode="valid", subsample=(1, 1, 1), filter_flip=True,
-                     filter_dilation=(1, 1, 1), *, algo=None):
+                     filter_dilation=(1, 1, 1), *, algo=None, device=None):
     """3D twin of :func:`separable_conv2d`."""
     return _separable(3, input, depthwise_filters, pointwise_filters, num_channels, input_shape,
                       depthwise_filter_shape, pointwise_filter_shape, border_mode, subsample,
-                      filter_flip, filter_dilation, algo)
+                      filter_flip, filter_dilation, algo, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
