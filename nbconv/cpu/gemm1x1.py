@@ -18,6 +18,7 @@ dy batch-minor, (G, C/G, N*P), to sum over the images inside one GEMM. Dilation 
 from math import prod
 
 import numpy as np
+from numba import njit, prange
 
 from .. import threads as _threads  # noqa: F401  (sizes the BLAS pool to nbconv's thread count)
 from ..spec import FORWARD, GRAD_INPUT
@@ -65,12 +66,29 @@ def _per_image(a, groups):
     return a.reshape(n, groups, c // groups, prod(a.shape[2:]))
 
 
+@njit(parallel=True, cache=True)
+def _batch_minor_kernel(a, out):
+    """out[c, n] = a[n, c] for a (N, C, P) and out (C, N, P)."""
+    N, C = a.shape[0], a.shape[1]
+    for t in prange(C * N):
+        src = a[t % N, t // N]
+        dst = out[t // N, t % N]
+        for j in range(src.shape[0]):
+            dst[j] = src[j]
+
+
 def _batch_minor(a, groups):
     """(G, channels / G, N * P) contiguous copy of an (N, channels, d, h, w) array or view."""
     n, c = a.shape[:2]
+    p = prod(a.shape[2:])
     out = np.empty((groups, c // groups, n) + a.shape[2:], dtype=a.dtype)
-    np.copyto(out, a.reshape((n, groups, c // groups) + a.shape[2:]).transpose(1, 2, 0, 3, 4, 5))
-    return out.reshape(groups, c // groups, n * prod(a.shape[2:]))
+    if a.flags.c_contiguous:
+        # on both threads: ResNet's 1x1 at 14x14 (x 6.4 MB) copied in 0.25 ms against 1.0-1.2 ms
+        # for NumPy's single-threaded copy; the whole grad-weights 5.2-5.4 vs 6.6-6.9 ms (2 threads)
+        _batch_minor_kernel(a.reshape(n, c, p), out.reshape(c, n, p))
+    else:
+        np.copyto(out, a.reshape((n, groups, c // groups) + a.shape[2:]).transpose(1, 2, 0, 3, 4, 5))
+    return out.reshape(groups, c // groups, n * p)
 
 
 def forward(spec, x, w):
