@@ -58,3 +58,20 @@ _register("direct_serial", direct_serial,
 _register("flat", flat,
           "stride 1, single-threaded: each tap one long multiply-add over flattened padded planes",
           lambda spec: 2e-6 + spec.flops() / 12e9)
+
+from . import fft  # noqa: E402
+
+
+def _fft_estimate(spec):
+    # 1-thread CPU time on the loaded 2-core machine (90 problem-directions, 80% of pred/meas in
+    # 0.7-1.2) fits pocketfft at 7 GFLOP/s (5 n log2 n per complex line), the per-frequency
+    # products at 40 GFLOP/s plus ~30 ns each, the kernel's DFT-by-GEMM steps at ~35, the arrays
+    # streamed at ~7.7 GB/s and ~10 us per library call. Scaled like im2col's estimate (~0.8 x
+    # its 1-thread time) where the work runs on both cores, and by 1.44 where it is serial: the
+    # products (each kept below OpenBLAS's threading size) and Python.
+    transforms, dft, product, products, moved, calls = fft.cost(spec)
+    return (calls * 14e-6 + transforms / 8.8e9 + dft / 45e9 + product / 28e9 + products * 43e-9
+            + moved / 9.6e9)
+
+
+_register("fft", fft, "real FFTs over the spatial axes, one complex GEMM per frequency; large kernels", _fft_estimate)
