@@ -59,6 +59,21 @@ _register("flat", flat,
           "stride 1, single-threaded: each tap one long multiply-add over flattened padded planes",
           lambda spec: 2e-6 + spec.flops() / 12e9)
 
+from . import winograd  # noqa: E402
+
+
+def _winograd_estimate(spec):
+    # the 36 GEMMs at im2col's rate when all their dimensions are >= 32 (measured: 63-110 GFLOP/s
+    # per core, less with fewer channels per group or tiles per chunk), the transforms at ~1.3 ns
+    # per transformed element and core (V, M and the weights', measured single-threaded)
+    flops, dim, elements = winograd.cost(spec)
+    return 4 * _LAUNCH + flops / (80e9 * min(1.0, dim / 32)) + elements * 0.7e-9
+
+
+_register("winograd", winograd,
+          "F(4x4, 3x3) Winograd: tile transforms around 36 stacked GEMMs; stride 1, kernels up to 3x3",
+          _winograd_estimate)
+
 from . import fft  # noqa: E402
 
 

@@ -1,0 +1,607 @@
+"""Winograd F(4x4, 3x3) convolution: forward, grad-input and grad-weights.
+
+A 4x4 output tile of a 3x3 correlation is ``Y = A^T [(G g G^T) . (B^T d B)] A`` for the 6x6 input
+tile ``d`` under it (Lavin & Gray, points 0, +-1, +-2, inf): 36 multiplications instead of 144.
+Summed over input channels, the element-wise products become 36 independent GEMMs, one per
+transform-domain position ``xi``::
+
+    U[xi, g] (A x R)   weights, transformed per call (per block of rows when large)
+    V[xi, g] (R x T)   input tiles, transformed per chunk of tiles
+    M[xi, g] (A x T) = U[xi, g] @ V[xi, g]       (one stacked np.matmul over (36, G))
+
+then ``A^T M A`` scatters each tile back, clipped at ragged edges. The reduction index R is
+(input channel, kd): a 3D problem is a sum over kd of 2D Winograd convolutions, stacked into the
+GEMM's inner dimension (the input plane of each kd is transformed once per kd that reads it).
+
+Geometry: only stride 1 (else not applicable). Dilation d splits every axis into d residue
+classes; a tile is the outputs o0 + d*t (t < 4) of one class and reads the inputs o0 + d*s - pad
+(s < 6), so dilation is index arithmetic only. Inputs outside the array are zero, whatever the
+pads (negative effective pads included). Kernels with 1 or 2 taps along H or W are embedded in
+3 taps with zero weights, so 1D problems (a singleton H axis) are applicable too (slower than
+im2col there; the estimate says so).
+
+grad-input is the stride-1 correlation of dy with the spatially reversed, per-group transposed
+weights and pads (K-1)*d - pad_lo (the transposition and reversal happen in the weight transform).
+grad-weights is the adjoint of the forward: dU[xi] = (A dY A^T)[xi] @ V[xi]^T summed over tiles,
+and dw = G^T dU G, accumulated chunk by chunk.
+
+Measured float32 accuracy against a float64 reference on ResNet-50's 3x3 layers (56x56, 7x7), a
+dilated 3x3 and C3D's 3x3x3: max |error| / (sum of |terms|) <= 2e-6 in all three directions,
+the worst element at 20% of the tests' tolerance (1e-4 relative + 1e-5 x that sum); im2col's
+float32 is ~10x closer. Accurate enough, so F(4x4) throughout rather than F(2x2), which does
+1.8x the GEMM work.
+
+BLAS runs from Python between the Numba kernels, never inside a ``prange`` region (see
+:mod:`nbconv.threads`). Tiles are processed in chunks of whole tile rows whose V and M buffers
+stay cache-sized and within :func:`nbconv.cpu.im2col.get_workspace_limit`.
+"""
+from functools import lru_cache
+from types import SimpleNamespace
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from ..spec import GRAD_INPUT, GRAD_WEIGHTS
+from . import im2col
+from .direct import _FASTMATH
+
+_M = 4  # output tile
+_ALPHA = 6  # input tile
+_NX = _ALPHA * _ALPHA
+# G's entries as multiplications: without fastmath's 'arcp' LLVM keeps x / 6 a division
+_R6, _R12, _R24 = 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0
+
+# Chunk and block sizes, measured single-threaded (CPU time, float32, forward):
+# - V + M of a chunk near the L2 size when the GEMMs are cheap: ResNet's 3x3 at 56x56 (64
+#   channels) took 12.7-13.4 ms with 1-2 MiB chunks (56-126 tiles), 14.5 with 3.6 MiB, 20.8 with
+#   7 MiB;
+# - but at least as many tiles as channels: the GEMMs' efficiency drops with few columns, (256 x
+#   256) @ (256 x T) ran at 63 GFLOP/s with T = 54 and 88 with T = 216, and the dilated 33x33 case
+#   (256 channels) took 79 ms with 36-tile chunks, 65 with 99, 51 with 162 or 324;
+# - transformed weights of more than half the L3 cache are made per block of output rows just
+#   before their GEMMs, and again for every chunk: ResNet's 3x3 at 7x7 (512 channels, 36 MiB of U)
+#   took 21 ms unblocked (U written to and read back from DRAM), 11.5 with 2-4 MiB blocks and one
+#   chunk, 18-20 with three chunks; the dilated case's 9 MiB U was faster unblocked (52 ms) than
+#   in 4 MiB blocks (61).
+_CHUNK_BYTES = 2 * 2**20
+_U_BLOCK = 4 * 2**20
+_U_UNBLOCKED = 16 * 2**20
+_BLOCKED_CHUNK_BYTES = 16 * 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _g_rows(s0, s1, s2, o0, o1, o2, o3, o4, o5, r6, r12, r24):
+    """(o0..o5) = G (6x3) @ (s0, s1, s2), element-wise over rows; one loop per output row (a
+    single loop writing all six stayed scalar: too many runtime alias checks for LLVM)."""
+    n = s0.shape[0]
+    for r in range(n):
+        o0[r] = s0[r] * 0.25
+    for r in range(n):
+        o1[r] = -(s0[r] + s1[r] + s2[r]) * r6
+    for r in range(n):
+        o2[r] = (s1[r] - s0[r] - s2[r]) * r6
+    for r in range(n):
+        o3[r] = s0[r] * r24 + s1[r] * r12 + s2[r] * r6
+    for r in range(n):
+        o4[r] = s0[r] * r24 - s1[r] * r12 + s2[r] * r6
+    for r in range(n):
+        o5[r] = s2[r]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _weight_transform(w, U, transposed, a0):
+    """U[xi, g, a - a0, b*KD + kd] = (G f G^T)[xi] for the 3x3 filter f of (a, b, kd) in group g,
+    for the U.shape[2] rows a0 <= a < a0 + U.shape[2] of every group.
+
+    Forward: f = w[g*Og + a, b, kd]. Transposed (grad-input): f = w[g*Og + b, a, KD-1-kd]
+    reversed in both spatial axes. Vectorised over all (b, kd) of a row at once, in the dtype of
+    U (float64 intermediates changed float32 results by < 1e-7 relative and took 1.8x longer).
+    """
+    O, Cg, KD = w.shape[0], w.shape[1], w.shape[2]
+    G, Ab, R = U.shape[1], U.shape[2], U.shape[3]
+    Og = O // G
+    r6, r12, r24 = U.dtype.type(_R6), U.dtype.type(_R12), U.dtype.type(_R24)
+    w6 = w.reshape((G, Og, Cg, KD, 9))
+    for t in prange(G * Ab):
+        g = t // Ab
+        al = t % Ab
+        a = a0 + al
+        f = np.empty((9, R), dtype=U.dtype)
+        c = np.empty((18, R), dtype=U.dtype)
+        if transposed:
+            src = w6[g, :, a]  # (Og, KD, 9), b's blocks Cg*KD*9 apart: read block by block
+            for b in range(Og):
+                for kd in range(KD):
+                    s9 = src[b, KD - 1 - kd]
+                    r = b * KD + kd
+                    for k in range(9):
+                        f[k, r] = s9[8 - k]
+        else:
+            src = w6[g, a].reshape((R, 9))
+            for k in range(9):
+                fk = f[k]
+                for r in range(R):
+                    fk[r] = src[r, k]
+        # c[i*3 + kw] = sum_kh G[i, kh] f[kh*3 + kw], then U[i*6 + j] = sum_kw G[j, kw] c[i*3 + kw]
+        for kw in range(3):
+            _g_rows(f[kw], f[3 + kw], f[6 + kw], c[kw], c[3 + kw], c[6 + kw], c[9 + kw],
+                    c[12 + kw], c[15 + kw], r6, r12, r24)
+        for i in range(6):
+            _g_rows(c[3 * i], c[3 * i + 1], c[3 * i + 2], U[6 * i, g, al], U[6 * i + 1, g, al],
+                    U[6 * i + 2, g, al], U[6 * i + 3, g, al], U[6 * i + 4, g, al],
+                    U[6 * i + 5, g, al], r6, r12, r24)
+
+
+@njit(inline="always")
+def _gt_rows(s0, s1, s2, s3, s4, s5, o0, o1, o2, r6, r12, r24):
+    """(o0, o1, o2) = G^T (3x6) @ (s0..s5), element-wise over rows, one loop per output row."""
+    n = s0.shape[0]
+    for r in range(n):
+        o0[r] = s0[r] * 0.25 - (s1[r] + s2[r]) * r6 + (s3[r] + s4[r]) * r24
+    for r in range(n):
+        o1[r] = (s2[r] - s1[r]) * r6 + (s3[r] - s4[r]) * r12
+    for r in range(n):
+        o2[r] = (s3[r] + s4[r] - s1[r] - s2[r]) * r6 + s5[r]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _weight_adjoint(dU, dw, a0, accumulate):
+    """dw[g*Og + a, b, kd] (+)= G^T dU[:, g, a - a0, b*KD + kd] G for the dU.shape[2] rows
+    a0 <= a < a0 + dU.shape[2] of every group: the adjoint of _weight_transform, vectorised the
+    same way (grad-weights of ResNet's 3x3 at 7x7, 512 channels: 32 ms single-threaded with a
+    scalar 6x6 -> 3x3 per filter, 22 ms vectorised)."""
+    G, Ab, R = dU.shape[1], dU.shape[2], dU.shape[3]
+    Og = dw.shape[0] // G
+    r6, r12, r24 = dU.dtype.type(_R6), dU.dtype.type(_R12), dU.dtype.type(_R24)
+    for t in prange(G * Ab):
+        du = dU[:, t // Ab, t % Ab]  # (36, R)
+        h = np.empty((18, R), dtype=dU.dtype)  # h[kh*6 + j] = sum_i G[i, kh] du[i*6 + j]
+        q = np.empty((9, R), dtype=dU.dtype)  # q[kh*3 + kw] = sum_j G[j, kw] h[kh*6 + j]
+        for j in range(6):
+            _gt_rows(du[j], du[6 + j], du[12 + j], du[18 + j], du[24 + j], du[30 + j], h[j],
+                     h[6 + j], h[12 + j], r6, r12, r24)
+        for kh in range(3):
+            _gt_rows(h[6 * kh], h[6 * kh + 1], h[6 * kh + 2], h[6 * kh + 3], h[6 * kh + 4],
+                     h[6 * kh + 5], q[3 * kh], q[3 * kh + 1], q[3 * kh + 2], r6, r12, r24)
+        dst = dw[(t // Ab) * Og + a0 + t % Ab].reshape((R, 9))
+        for k in range(9):
+            qk = q[k]
+            if accumulate:
+                for r in range(R):
+                    dst[r, k] += qk[r]
+            else:
+                for r in range(R):
+                    dst[r, k] = qk[r]
+
+
+@njit(inline="always")
+def _row_task(task, nrows, r0, OD, nth):
+    """(channel-like index, local tile row, n, od, th) of a task; tasks run channel-major so a
+    thread fills one channel's rows of V / M (and reads or writes one plane) contiguously."""
+    ch = task // nrows
+    rt = task % nrows
+    rg = r0 + rt
+    return ch, rt, rg // (OD * nth), (rg // nth) % OD, rg % nth
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _input_transform(x, V, r0, nrows, nblk, KD, dd, pd, th_in0, dh, cls, dw, cmin, Wb, OD):
+    """V[:, c*KD + kd, t] = B^T d B for the 6x6 input tile d of channel c, depth kd, of every tile
+    t of the tile rows r0 .. r0+nrows (row r = (n, od, th); its tiles are t = r*ntw + tw).
+
+    B^T runs over rows first, on whole (zero-padded) input rows, then over columns per tile.
+    ``cls`` holds per residue class of the columns (first tile, tiles, first input column).
+    In 3D every input tile row is transformed once per kd that reads it: transforming it once
+    and copying it to the other kd's rows of V measured no faster (C3D's 3x3x3, 3.0 ms single-
+    threaded both ways; the stores to V dominate) and slowed 2D by 7%.
+    """
+    Ci, Di, Hi, Wi = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    nth = th_in0.shape[0]
+    ntw = cls[-1, 0] + cls[-1, 1]
+    ntask = nrows * Ci * KD
+    for blk in prange(nblk):
+        tmp = np.empty((6, Wb), dtype=V.dtype)
+        zrow = np.zeros(Wi, dtype=x.dtype)
+        qa = min(max(0, -cmin), Wb)
+        qb = max(min(Wb, Wi - cmin), qa)
+        tmp[:, :qa] = 0.0
+        tmp[:, qb:] = 0.0
+        t0, t1, t2, t3, t4, t5 = tmp[0], tmp[1], tmp[2], tmp[3], tmp[4], tmp[5]
+        for task in range(blk * ntask // nblk, (blk + 1) * ntask // nblk):
+            row, rt, n, od, th = _row_task(task, nrows, r0, OD, nth)
+            c = row // KD
+            kd = row % KD
+            tt0 = rt * ntw
+            idd = od - pd + kd * dd
+            if idd < 0 or idd >= Di:
+                for xi in range(36):
+                    V[xi, row, tt0:tt0 + ntw] = 0.0
+                continue
+            ih = th_in0[th]
+            plane = x[n, c, idd]
+            d0 = plane[ih] if 0 <= ih < Hi else zrow
+            d1 = plane[ih + dh] if 0 <= ih + dh < Hi else zrow
+            d2 = plane[ih + 2 * dh] if 0 <= ih + 2 * dh < Hi else zrow
+            d3 = plane[ih + 3 * dh] if 0 <= ih + 3 * dh < Hi else zrow
+            d4 = plane[ih + 4 * dh] if 0 <= ih + 4 * dh < Hi else zrow
+            d5 = plane[ih + 5 * dh] if 0 <= ih + 5 * dh < Hi else zrow
+            # one loop per output row: a single loop writing all six needed more runtime alias
+            # checks than LLVM allows and stayed scalar (ResNet's 3x3 at 56x56: 5.6 ms instead
+            # of 4.2 single-threaded)
+            e = qb - qa
+            i0 = qa + cmin
+            d0, d1, d2 = d0[i0:i0 + e], d1[i0:i0 + e], d2[i0:i0 + e]
+            d3, d4, d5 = d3[i0:i0 + e], d4[i0:i0 + e], d5[i0:i0 + e]
+            s0, s1, s2 = t0[qa:qb], t1[qa:qb], t2[qa:qb]
+            s3, s4, s5 = t3[qa:qb], t4[qa:qb], t5[qa:qb]
+            for q in range(e):
+                s0[q] = 4.0 * d0[q] - 5.0 * d2[q] + d4[q]
+            for q in range(e):
+                s1[q] = d3[q] + d4[q] - 4.0 * (d1[q] + d2[q])
+            for q in range(e):
+                s2[q] = 4.0 * (d1[q] - d2[q]) - d3[q] + d4[q]
+            for q in range(e):
+                s3[q] = 2.0 * (d3[q] - d1[q]) - d2[q] + d4[q]
+            for q in range(e):
+                s4[q] = 2.0 * (d1[q] - d3[q]) - d2[q] + d4[q]
+            for q in range(e):
+                s5[q] = 4.0 * d1[q] - 5.0 * d3[q] + d5[q]
+            for i in range(6):
+                ti = tmp[i]
+                v0, v1, v2 = V[6 * i, row], V[6 * i + 1, row], V[6 * i + 2, row]
+                v3, v4, v5 = V[6 * i + 3, row], V[6 * i + 4, row], V[6 * i + 5, row]
+                for k in range(cls.shape[0]):
+                    j0, nj, base = cls[k, 0], cls[k, 1], cls[k, 2] - cmin
+                    step = 4 * dw
+                    for u in range(nj):
+                        b = base + step * u
+                        a0, a1, a2 = ti[b], ti[b + dw], ti[b + 2 * dw]
+                        a3, a4, a5 = ti[b + 3 * dw], ti[b + 4 * dw], ti[b + 5 * dw]
+                        tt = tt0 + j0 + u
+                        v0[tt] = 4.0 * a0 - 5.0 * a2 + a4
+                        v1[tt] = -4.0 * (a1 + a2) + a3 + a4
+                        v2[tt] = 4.0 * (a1 - a2) - a3 + a4
+                        v3[tt] = 2.0 * (a3 - a1) - a2 + a4
+                        v4[tt] = 2.0 * (a1 - a3) - a2 + a4
+                        v5[tt] = 4.0 * a1 - 5.0 * a3 + a5
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _output_transform(M, y, r0, nrows, nblk, th_out0, th_nv, dh, cls, dw, OWb):
+    """y[n, o, od, rows of tile row th] = A^T M A for every tile of the tile rows r0 .. r0+nrows,
+    clipped to the output (the tiles of one row cover each output column exactly once)."""
+    Co, OD, OW = y.shape[1], y.shape[2], y.shape[4]
+    nth = th_out0.shape[0]
+    ntw = cls[-1, 0] + cls[-1, 1]
+    ntask = nrows * Co
+    for blk in prange(nblk):
+        z = np.empty((6, OWb), dtype=M.dtype)
+        z0, z1, z2, z3, z4, z5 = z[0], z[1], z[2], z[3], z[4], z[5]
+        for task in range(blk * ntask // nblk, (blk + 1) * ntask // nblk):
+            o, rt, n, od, th = _row_task(task, nrows, r0, OD, nth)
+            tt0 = rt * ntw
+            for i in range(6):
+                zi = z[i]
+                m0, m1, m2 = M[6 * i, o], M[6 * i + 1, o], M[6 * i + 2, o]
+                m3, m4, m5 = M[6 * i + 3, o], M[6 * i + 4, o], M[6 * i + 5, o]
+                for k in range(cls.shape[0]):
+                    j0, nj, base = cls[k, 0], cls[k, 1], cls[k, 2]
+                    step = 4 * dw
+                    for u in range(nj):
+                        tt = tt0 + j0 + u
+                        b = base + step * u
+                        p12, d12 = m1[tt] + m2[tt], m1[tt] - m2[tt]
+                        p34, d34 = m3[tt] + m4[tt], m3[tt] - m4[tt]
+                        zi[b] = m0[tt] + p12 + p34
+                        zi[b + dw] = d12 + 2.0 * d34
+                        zi[b + 2 * dw] = p12 + 4.0 * p34
+                        zi[b + 3 * dw] = d12 + 8.0 * d34 + m5[tt]
+            oh0 = th_out0[th]
+            nv = th_nv[th]
+            yr = y[n, o, od, oh0]
+            for q in range(OW):
+                yr[q] = z0[q] + z1[q] + z2[q] + z3[q] + z4[q]
+            if nv > 1:
+                yr = y[n, o, od, oh0 + dh]
+                for q in range(OW):
+                    yr[q] = (z1[q] - z2[q]) + 2.0 * (z3[q] - z4[q])
+            if nv > 2:
+                yr = y[n, o, od, oh0 + 2 * dh]
+                for q in range(OW):
+                    yr[q] = (z1[q] + z2[q]) + 4.0 * (z3[q] + z4[q])
+            if nv > 3:
+                yr = y[n, o, od, oh0 + 3 * dh]
+                for q in range(OW):
+                    yr[q] = (z1[q] - z2[q]) + 8.0 * (z3[q] - z4[q]) + z5[q]
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _dy_transform(dy, Md, r0, nrows, nblk, th_out0, th_nv, dh, cls, dw, OWb):
+    """Md[:, o, t] = A dY A^T for the 4x4 tile dY of dy[n, o, od] (zero outside dy) of every tile
+    of the tile rows r0 .. r0+nrows: the transpose of _output_transform."""
+    Co, OD, OW = dy.shape[1], dy.shape[2], dy.shape[4]
+    nth = th_out0.shape[0]
+    ntw = cls[-1, 0] + cls[-1, 1]
+    ntask = nrows * Co
+    for blk in prange(nblk):
+        z = np.zeros((6, OWb), dtype=Md.dtype)  # columns >= OW stay zero
+        z0, z1, z2, z3, z4, z5 = z[0], z[1], z[2], z[3], z[4], z[5]
+        for task in range(blk * ntask // nblk, (blk + 1) * ntask // nblk):
+            o, rt, n, od, th = _row_task(task, nrows, r0, OD, nth)
+            tt0 = rt * ntw
+            oh0 = th_out0[th]
+            nv = th_nv[th]
+            y0 = dy[n, o, od, oh0]
+            if nv == 4:
+                y1 = dy[n, o, od, oh0 + dh]
+                y2 = dy[n, o, od, oh0 + 2 * dh]
+                y3 = dy[n, o, od, oh0 + 3 * dh]
+                # one loop per output row (see _input_transform)
+                for q in range(OW):
+                    z0[q] = y0[q]
+                for q in range(OW):
+                    z1[q] = (y0[q] + y2[q]) + (y1[q] + y3[q])
+                for q in range(OW):
+                    z2[q] = (y0[q] + y2[q]) - (y1[q] + y3[q])
+                for q in range(OW):
+                    z3[q] = (y0[q] + 4.0 * y2[q]) + (2.0 * y1[q] + 8.0 * y3[q])
+                for q in range(OW):
+                    z4[q] = (y0[q] + 4.0 * y2[q]) - (2.0 * y1[q] + 8.0 * y3[q])
+                for q in range(OW):
+                    z5[q] = y3[q]
+            else:
+                for q in range(OW):
+                    a0 = y0[q]
+                    a1 = dy[n, o, od, oh0 + dh, q] if nv > 1 else 0.0
+                    a2 = dy[n, o, od, oh0 + 2 * dh, q] if nv > 2 else 0.0
+                    p02 = a0 + a2
+                    s, u = a0 + 4.0 * a2, 2.0 * a1
+                    z0[q] = a0
+                    z1[q] = p02 + a1
+                    z2[q] = p02 - a1
+                    z3[q] = s + u
+                    z4[q] = s - u
+                    z5[q] = 0.0
+            for i in range(6):
+                zi = z[i]
+                v0, v1, v2 = Md[6 * i, o], Md[6 * i + 1, o], Md[6 * i + 2, o]
+                v3, v4, v5 = Md[6 * i + 3, o], Md[6 * i + 4, o], Md[6 * i + 5, o]
+                for k in range(cls.shape[0]):
+                    j0, nj, base = cls[k, 0], cls[k, 1], cls[k, 2]
+                    step = 4 * dw
+                    for u in range(nj):
+                        b = base + step * u
+                        a0, a1, a2, a3 = zi[b], zi[b + dw], zi[b + 2 * dw], zi[b + 3 * dw]
+                        p02, p13 = a0 + a2, a1 + a3
+                        s, w = a0 + 4.0 * a2, 2.0 * a1 + 8.0 * a3
+                        tt = tt0 + j0 + u
+                        v0[tt] = a0
+                        v1[tt] = p02 + p13
+                        v2[tt] = p02 - p13
+                        v3[tt] = s + w
+                        v4[tt] = s - w
+                        v5[tt] = a3
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry, chunking and workspace
+# --------------------------------------------------------------------------------------------
+
+
+def _axis_tiles(n_out, pad, dil):
+    """(first input, first output, valid outputs) of every tile along one axis, and per residue
+    class (first tile, tiles, first input, first output): tile j of class r holds the outputs
+    r + dil*(4j + t), t < 4."""
+    in0, out0, nv, cls = [], [], [], []
+    for r in range(min(dil, n_out)):
+        cnt = (n_out - r + dil - 1) // dil
+        cls.append((len(in0), (cnt + _M - 1) // _M, r - pad, r))
+        for j in range(0, cnt, _M):
+            out0.append(r + dil * j)
+            in0.append(r + dil * j - pad)
+            nv.append(min(_M, cnt - j))
+    arr = lambda v: np.array(v, dtype=np.int64)
+    return arr(in0), arr(out0), arr(nv), arr(cls).reshape(-1, 4)
+
+
+def supports(spec):
+    return (
+        not spec.unshared
+        and spec.kernel[1] <= 3
+        and spec.kernel[2] <= 3
+        and spec.stride == (1, 1, 1)
+        and _plan(spec) is not None
+    )
+
+
+def _nblk(ntask):
+    return max(1, min(ntask, 4 * get_num_threads()))
+
+
+@lru_cache(maxsize=256)
+def _plan_for(spec, limit, threads):
+    item = spec.np_dtype.itemsize
+    N, G = spec.batch, spec.groups
+    KD = spec.kernel[0]
+    dd, dh, dw = spec.dilation
+    if spec.direction == GRAD_INPUT:
+        # the correlation of dy with the reversed weights; the embedded kernel has 3 taps
+        ci, co = spec.out_channels, spec.in_channels
+        in_size, out_size = spec.out_size, spec.in_size
+        pads = ((KD - 1) * dd - spec.pad_lo[0], 2 * dh - spec.pad_lo[1], 2 * dw - spec.pad_lo[2])
+    else:
+        ci, co = spec.in_channels, spec.out_channels
+        in_size, out_size = spec.in_size, spec.out_size
+        pads = spec.pad_lo
+    th_in0, th_out0, th_nv, _ = _axis_tiles(out_size[1], pads[1], dh)
+    tw_in0, _, _, cls = _axis_tiles(out_size[2], pads[2], dw)
+    nth, ntw = len(th_in0), len(tw_in0)
+    cmin = int(tw_in0.min())
+    Wb = int(tw_in0.max()) + 5 * dw + 1 - cmin
+    OWb = out_size[2] + 3 * dw
+    R = ci // G * KD
+    A = co // G
+    u_bytes = _NX * G * A * R * item
+    # Large transformed weights (or weight gradients) are made and used in blocks of rows that
+    # stay in the cache.
+    nblocks = max(1, min(A, -(-u_bytes // _U_BLOCK))) if u_bytes > _U_UNBLOCKED else 1
+    Ab = -(-A // nblocks)
+    fixed = _NX * G * Ab * R * item
+    if spec.kernel[1:] != (3, 3):  # the weights (or their gradient) embedded in 3x3 taps
+        fixed += spec.out_channels * spec.group_in * KD * 9 * item
+    fixed += 4 * threads * (6 * max(Wb, OWb) + in_size[2]) * item  # per-block scratch rows
+    fixed += threads * 27 * R * item  # per-task rows of the weight (adjoint) transform
+    per_tile = _NX * (ci * KD + co) * item
+    rows = N * out_size[0] * nth
+    if fixed + ntw * per_tile > limit:
+        return None
+    tiles = max(min(A, R), _CHUNK_BYTES // per_tile)
+    if nblocks > 1:  # every chunk transforms the weights again
+        tiles = max(tiles, _BLOCKED_CHUNK_BYTES // per_tile)
+    cap = max(1, min(-(-tiles // ntw), (limit - fixed) // (ntw * per_tile)))
+    nchunks = max(1, -(-rows // cap))
+    nr = -(-rows // nchunks) if rows else 1  # chunks of equal size
+    per_row = ntw * per_tile
+    return SimpleNamespace(
+        ci=ci, co=co, in_size=in_size, out_size=out_size, pads=pads, R=R, A=A, Ab=Ab,
+        th_in0=th_in0, th_out0=th_out0, th_nv=th_nv, cls_in=cls[:, :3].copy(),
+        cls_out=cls[:, [0, 1, 3]].copy(), ntw=ntw, cmin=cmin, Wb=Wb, OWb=OWb,
+        rows=rows, nr=nr, bytes=fixed + nr * per_row,
+    )
+
+
+def _plan(spec):
+    return _plan_for(spec, im2col.get_workspace_limit(), get_num_threads())
+
+
+def workspace(spec):
+    plan = _plan(spec)
+    return 0 if plan is None else plan.bytes
+
+
+def _weights3(spec, w):
+    """The weights with H and W kernel extents embedded in 3 taps (zeros after the real ones)."""
+    KH, KW = spec.kernel[1], spec.kernel[2]
+    if (KH, KW) == (3, 3):
+        return w
+    w3 = np.zeros(w.shape[:3] + (3, 3), dtype=w.dtype)
+    w3[..., :KH, :KW] = w
+    return w3
+
+
+def _chunks(plan):
+    for r0 in range(0, plan.rows, plan.nr):
+        yield r0, min(plan.nr, plan.rows - r0)
+
+
+class _Chunk:
+    """The V and M buffers of one call (sized for the largest chunk), viewed per chunk."""
+
+    def __init__(self, spec, plan):
+        self.spec, self.plan = spec, plan
+        T = plan.nr * plan.ntw
+        self.vb = np.empty(_NX * plan.ci * spec.kernel[0] * T, dtype=spec.np_dtype)
+        self.mb = np.empty(_NX * plan.co * T, dtype=spec.np_dtype)
+
+    def views(self, nr):
+        p, KD = self.plan, self.spec.kernel[0]
+        T = nr * p.ntw
+        V = self.vb[:_NX * p.ci * KD * T].reshape(_NX, p.ci * KD, T)
+        M = self.mb[:_NX * p.co * T].reshape(_NX, p.co, T)
+        return V, M, T
+
+    def input_transform(self, inp, V, r0, nr):
+        p, KD = self.plan, self.spec.kernel[0]
+        dd, dh, dw = self.spec.dilation
+        _input_transform(inp, V, r0, nr, _nblk(nr * p.ci * KD), KD, dd, p.pads[0], p.th_in0, dh,
+                         p.cls_in, dw, p.cmin, p.Wb, p.out_size[0])
+
+
+def _correlate(spec, plan, inp, w, transposed, out):
+    """out = the stride-1 correlation of inp with the weights (plan's geometry)."""
+    G, R, A, Ab = spec.groups, plan.R, plan.A, plan.Ab
+    dh, dw = spec.dilation[1], spec.dilation[2]
+    w3 = _weights3(spec, w)
+    ub = np.empty(_NX * G * Ab * R, dtype=spec.np_dtype)
+    if Ab == A:
+        U = ub.reshape(_NX, G, A, R)
+        _weight_transform(w3, U, transposed, 0)
+    ch = _Chunk(spec, plan)
+    for r0, nr in _chunks(plan):
+        V, M, T = ch.views(nr)
+        ch.input_transform(inp, V, r0, nr)
+        V4, M4 = V.reshape(_NX, G, R, T), M.reshape(_NX, G, A, T)
+        if Ab == A:
+            np.matmul(U, V4, out=M4)
+        else:
+            for a0 in range(0, A, Ab):
+                ab = min(Ab, A - a0)
+                Ub = ub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
+                _weight_transform(w3, Ub, transposed, a0)
+                np.matmul(Ub, V4, out=M4[:, :, a0:a0 + ab])
+        _output_transform(M, out, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
+                          plan.cls_out, dw, plan.OWb)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Thin wrappers
+# --------------------------------------------------------------------------------------------
+
+
+def forward(spec, x, w):
+    y = np.empty(spec.y_shape, dtype=spec.np_dtype)
+    return _correlate(spec, _plan(spec), x, w, False, y)
+
+
+def grad_input(spec, dy, w):
+    dx = np.empty(spec.x_shape, dtype=spec.np_dtype)
+    return _correlate(spec, _plan(spec), dy, w, True, dx)
+
+
+def grad_weights(spec, x, dy):
+    plan = _plan(spec)
+    if plan.rows == 0:
+        return np.zeros(spec.w_shape, dtype=spec.np_dtype)
+    G, R, A, Ab = spec.groups, plan.R, plan.A, plan.Ab
+    dh, dw = spec.dilation[1], spec.dilation[2]
+    # each chunk's dU, a block of rows at a time, goes straight through the adjoint transform
+    # into dw, so a large dU never leaves the cache (ResNet's 3x3 at 7x7, 512 channels: 39 ms
+    # single-threaded with the whole 36 MiB dU summed over chunks, then one adjoint; 32 ms so)
+    dub = np.empty(_NX * G * Ab * R, dtype=spec.np_dtype)
+    dw3 = np.empty(spec.w_shape[:3] + (3, 3), dtype=spec.np_dtype)
+    ch = _Chunk(spec, plan)
+    for i, (r0, nr) in enumerate(_chunks(plan)):
+        V, Md, T = ch.views(nr)
+        ch.input_transform(x, V, r0, nr)
+        _dy_transform(dy, Md, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
+                      plan.cls_out, dw, plan.OWb)
+        vt = V.reshape(_NX, G, R, T).transpose(0, 1, 3, 2)
+        md = Md.reshape(_NX, G, A, T)
+        for a0 in range(0, A, Ab):
+            ab = min(Ab, A - a0)
+            dU = dub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
+            np.matmul(md[:, :, a0:a0 + ab], vt, out=dU)
+            _weight_adjoint(dU, dw3, a0, i > 0)
+    KH, KW = spec.kernel[1], spec.kernel[2]
+    return dw3 if (KH, KW) == (3, 3) else np.ascontiguousarray(dw3[..., :KH, :KW])
+
+
+def cost(spec):
+    """(GEMM flops, the GEMMs' smallest dimension, transformed elements) of this spec, for the
+    dispatcher's estimate. The transformed elements are V's and M's, plus U's (dU's) once per
+    call, or once per chunk when made in blocks (always for grad-weights)."""
+    plan = _plan(spec)
+    if plan is None:
+        return 0.0, 1, 0.0
+    T = plan.rows * plan.ntw
+    G, R, A = spec.groups, plan.R, plan.A
+    per_chunk = plan.Ab < A or spec.direction == GRAD_WEIGHTS
+    u = _NX * G * A * R * (-(-plan.rows // plan.nr) if per_chunk else 1)
+    dim = min(A, R, plan.nr * plan.ntw)
+    return 2.0 * _NX * T * G * A * R, dim, float(_NX * T * (G * R + plan.co) + u)
