@@ -74,6 +74,10 @@ _register("winograd", winograd,
           "F(4x4, 3x3) Winograd: tile transforms around 36 stacked GEMMs; stride 1, kernels up to 3x3",
           _winograd_estimate)
 
+from . import grouped  # noqa: E402
+
+_register("grouped_direct", grouped, "few channels per group: taps as flat offsets into unpadded input planes, up to 9 fused per vector pass", grouped.estimate)
+
 from . import fft  # noqa: E402
 
 
