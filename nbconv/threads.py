@@ -30,7 +30,10 @@ from threadpoolctl import ThreadpoolController
 
 ENV_VAR = "NBCONV_NUM_THREADS"
 
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+#: True when the policy below was set here (not by the user): the benchmark's worker processes
+#: then start without it, so that a peer library (PyTorch) keeps its own default.
+WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if WAIT_POLICY_SET:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 _num_threads = None
