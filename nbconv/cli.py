@@ -1,4 +1,4 @@
-"""Command line: ``python -m nbconv demo|info|bench`` (also installed as ``nbconv``)."""
+"""Command line: ``python -m nbconv demo|info|bench|tune|db|record`` (also installed as ``nbconv``)."""
 from __future__ import annotations
 
 import argparse
@@ -30,19 +30,24 @@ def cmd_demo(args):
     directions = args.directions or list(DIRECTIONS)
     print(f"nbconv demo: workload {name!r}, {len(problems)} problems, directions {', '.join(directions)}")
     print(f"threads: {get_num_threads()}   load average: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    header = f"{'problem':16s} {'direction':13s} {'algorithm':10s} {'compile+1st':>11s} {'median':>10s} {'GFLOP/s':>8s}  shapes"
+    from .autotune import current_db
+
+    db = current_db()
+    print(f"tuning database: {db.path} ({len(db.records())} records for this machine); "
+          f"chosen by: db = tuned winner, guess = heuristic (run `nbconv tune {args.workload}` first)")
+    header = f"{'problem':16s} {'direction':13s} {'algorithm':18s} {'compile+1st':>11s} {'median':>10s} {'GFLOP/s':>8s}  shapes"
     print(header)
     print("-" * len(header))
     for p in problems:
         for d in directions:
             spec, a, b = p.operands(d)
-            alg = dispatch.choose(spec)
+            alg, source = dispatch.explain(spec)
             t0 = time.perf_counter()
             p.run(spec, a, b)
             first = time.perf_counter() - t0
             med = _median_time(lambda: p.run(spec, a, b), args.repeat)
             gflops = spec.flops() / med / 1e9
-            print(f"{p.name:16s} {d:13s} {alg.name:10s} {first * 1e3:9.1f}ms {med * 1e3:8.2f}ms "
+            print(f"{p.name:16s} {d:13s} {alg.name + ' (' + source + ')':18s} {first * 1e3:9.1f}ms {med * 1e3:8.2f}ms "
                   f"{gflops:8.1f}  {spec.describe()}", flush=True)
     return 0
 
@@ -64,7 +69,7 @@ def cmd_info(args):
 def cmd_bench(args):
     from . import bench
 
-    return bench.main(args)
+    return bench.main(args.bench_args)
 
 
 def main(argv=None):
@@ -77,15 +82,19 @@ def main(argv=None):
     demo.set_defaults(func=cmd_demo)
     info = sub.add_parser("info", help="versions, threads and registered algorithms")
     info.set_defaults(func=cmd_info)
-    bench = sub.add_parser("bench", help="time a workload through the public API, optionally against a peer library")
-    bench.add_argument("workload", nargs="?", default="suite", help="built-in workload name or path to a JSON file")
-    bench.add_argument("--peer", choices=["torch"], help="also time this library, alternating, and check its results")
-    bench.add_argument("--directions", nargs="+", choices=["forward", "grad_input", "grad_weights"])
-    bench.add_argument("--repeat", type=int, default=10, help="timed runs per side after the warm-up (median reported)")
-    bench.add_argument("--cases", nargs="+", metavar="NAME", help="only these cases of the workload")
-    bench.add_argument("--settle", type=float, default=0.0, metavar="SECONDS",
-                       help="pause before each side's turn when alternating with a peer (see nbconv.bench.SETTLE_S)")
+    # `nbconv bench [compare|report] ...` has its own parsers (nbconv.bench.main), so everything
+    # after 'bench' is handed over as it is
+    bench = sub.add_parser("bench", add_help=False,
+                           help="time a workload (alone or against PyTorch), compare builds, report; "
+                                "see `nbconv bench --help`")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+    from .autotune.cli import add_commands
+
+    add_commands(sub)  # tune, db, record
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # REMAINDER cannot start with an option: hand over directly
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

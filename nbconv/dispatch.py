@@ -3,18 +3,58 @@
 ``filter_flip`` is applied here, once, for every algorithm: the weights are reversed along their
 three kernel axes while they are made contiguous (the copy that canonicalisation may need anyway),
 and a weight gradient is reversed back, so algorithms only ever implement cross-correlation.
+
+The algorithm comes from the per-call ``algo=`` or else the direction's policy in
+:mod:`nbconv.config` (default ``guess_on_shape_change``): a policy name is decided by
+:mod:`nbconv.autotune.policy` (database winner, guess or timing), any other name is an explicit
+algorithm. Decisions are kept in an LRU keyed by (problem, request, device, thread count), so a
+known problem costs one dictionary look-up, never a file read.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from . import config as _config
 from . import registry
+from .autotune import db as _db
+from .autotune import policy as _policy
+from .autotune.record import active as _recorders  # a list, mutated in place
+from .config import policy as _policy_by_direction  # a dict, mutated in place
 from .spec import GRAD_WEIGHTS, AlgorithmNotApplicable
+from .threads import get_num_threads
 
 _KERNEL_AXES_REVERSED = (Ellipsis, slice(None, None, -1), slice(None, None, -1), slice(None, None, -1))
+_POLICIES = frozenset(_config.POLICIES)
 
-# The algorithm chosen per (problem, request); the hot path of a repeated call is one look-up.
-_choice_cache: dict = {}
+
+def _make_cache(size):
+    # functools' LRU is C code: a known problem costs one hash of the spec and a dict probe
+    # (~0.3 us), where an OrderedDict with move_to_end cost ~2 us per call here
+    @functools.lru_cache(maxsize=size)
+    def decided(spec, request, device, threads):  # threads: a part of the key only
+        return _decide(spec, request, device)
+
+    return decided
+
+
+_decided = _make_cache(_config.get("cache_size"))
+
+
+def clear_cache():
+    """Forget every decision (they are re-derived from the database and policies on next use)."""
+    _decided.cache_clear()
+
+
+def _config_changed(name):
+    global _decided
+    if name == "cache_size":
+        _decided = _make_cache(_config.get("cache_size"))
+
+
+_db.on_invalidate(clear_cache)
+_config.on_change(_config_changed)
 
 
 def canonical(a, shape, dtype):
@@ -31,30 +71,38 @@ def canonical_weights(spec, w):
 
 
 def choose(spec, algo=None, device="cpu"):
-    """The algorithm that will compute ``spec``: the named one, or the heuristic default."""
-    key = (spec, algo, device)
-    alg = _choice_cache.get(key)
-    if alg is not None:
-        return alg
-    if algo is None:
-        alg = registry.guess(spec, device)
-        if alg is None:
-            raise AlgorithmNotApplicable(f"no {device} algorithm supports {spec.describe()}")
-    elif isinstance(algo, str):
-        alg = registry.get(algo, device)
-        if not alg.applicable(spec):
-            raise AlgorithmNotApplicable(
-                f"algo={algo!r} does not support {spec.direction} of {spec.describe()}"
-            )
-    else:
-        raise TypeError(f"algo must be None or an algorithm name, got {algo!r}")
-    _choice_cache[key] = alg
-    return alg
+    """The algorithm that will compute ``spec``: ``algo`` (a policy or an algorithm name), or the
+    policy ``nbconv.config`` sets for the spec's direction."""
+    request = _policy_by_direction[spec.direction] if algo is None else algo
+    return _decided(spec, request, device, get_num_threads())[0]
+
+
+def explain(spec, algo=None, device="cpu"):
+    """(algorithm, source) for ``spec``: source is 'explicit', 'db' (a tuned winner), 'once'
+    (a *_once decision for the layer), 'guess' or 'timed' (just measured)."""
+    request = _policy_by_direction[spec.direction] if algo is None else algo
+    return _decided(spec, request, device, get_num_threads())
+
+
+def _decide(spec, request, device):
+    if not isinstance(request, str):
+        raise TypeError(f"algo must be None, a policy {_config.POLICIES} or an algorithm name, got {request!r}")
+    if request in _POLICIES:
+        return _policy.decide(spec, request, device)
+    alg = registry.get(request, device)
+    if not alg.applicable(spec):
+        raise AlgorithmNotApplicable(
+            f"algo={request!r} does not support {spec.direction} of {spec.describe()}"
+        )
+    return alg, "explicit"
 
 
 def execute(spec, a, b, algo=None):
     """Run ``spec.direction`` on canonical operands; returns the user-shaped result."""
     alg = choose(spec, algo)
+    if _recorders:
+        for r in _recorders:
+            r.hit(spec)
     out_shape = spec.user_result_shape
     if 0 in out_shape:
         return np.zeros(out_shape, dtype=spec.np_dtype)

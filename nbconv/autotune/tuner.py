@@ -1,0 +1,329 @@
+"""Timing the candidates of one problem and choosing the winner.
+
+For each applicable candidate, in registration order with the guess first (a good early best lets
+the clearly slower candidates stop early):
+
+1. workspace check: more scratch memory than the device's workspace limit -> failed, never run;
+2. one warm-up call (it compiles, so JIT time never enters the timings; it also absorbs the
+   previous candidate's thread pools winding down) whose result is compared with the reference
+   algorithm ('direct') -> failed if it raises or disagrees;
+3. timed calls through the device's timer, back to back, until ``budget`` seconds are spent (at
+   least ``min_repeat``, at most ``max_repeat``, 2 when one call exceeds the budget three times),
+   stopping early ("pruned") once even the fastest call is ``prune`` times slower than the best
+   median so far (``prune_first`` after a single call, where one burst of noise weighs more):
+   noise only adds time, so such a candidate cannot be in the tie band.
+
+Back-to-back calls, not calls interleaved with other candidates: measured here, a GEMM-based
+candidate timed right after another algorithm ran 2-10x slower than in a run of its own calls
+(thread pools still winding down), which decided winners more than the algorithms did.
+
+The winner is the lowest median; candidates within ``tie`` (relative) of it are a tie broken by
+registration order, so repeated tunings pick the same algorithm. Candidates run on random operands
+of the problem's shapes (fixed seed), never on a user's arrays: nothing of the user's is written,
+and the stored decision does not depend on one batch's values (NaN, denormals).
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import config, registry
+from ..spec import FORWARD, GRAD_INPUT
+from .timing import get_timer
+
+REFERENCE = "direct"
+#: largest |candidate - reference| / max |reference| accepted; float32 algorithms differ from the
+#: direct loops by summation order (and FFT/Winograd transforms), ~1e-6..1e-4 on real layers
+TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
+MIN_REPEAT = 3
+MAX_REPEAT = 25
+PRUNE = 1.5
+PRUNE_FIRST = 2.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to compute a problem: an algorithm on a device, with launch parameters as sorted
+    ``(name, value)`` pairs (none on the CPU yet; a GPU kernel's block shape later)."""
+
+    algorithm: str
+    device: str = "cpu"
+    params: tuple = ()
+
+    def to_json(self):
+        return {"algorithm": self.algorithm, "device": self.device, "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d["algorithm"], d.get("device", "cpu"), tuple(sorted((d.get("params") or {}).items())))
+
+
+@dataclass
+class Measurement:
+    candidate: Candidate
+    status: str  # "ok", "pruned" (timed, clearly slower) or "failed" (never eligible)
+    times: list = field(default_factory=list)
+    error: str = None
+    max_rel_err: float = None
+    warmup_s: float = None
+
+    @property
+    def median(self):
+        return float(np.median(self.times)) if self.times else math.inf
+
+    @property
+    def min(self):
+        return float(min(self.times)) if self.times else math.inf
+
+    @property
+    def spread(self):
+        """Interquartile range relative to the median (max - min for fewer than 4 runs)."""
+        if len(self.times) < 2:
+            return 0.0
+        t = np.asarray(self.times)
+        lo, hi = np.percentile(t, [25, 75]) if len(t) >= 4 else (t.min(), t.max())
+        return float((hi - lo) / np.median(t))
+
+    def to_json(self):
+        d = {**self.candidate.to_json(), "status": self.status}
+        if self.times:
+            d.update(median_s=self.median, min_s=self.min, spread=round(self.spread, 4),
+                     repeats=len(self.times))
+        if self.warmup_s is not None:
+            d["warmup_s"] = self.warmup_s
+        if self.max_rel_err is not None:
+            d["max_rel_err"] = self.max_rel_err
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class Result:
+    spec: object
+    device: str
+    winner: Candidate  # None when no candidate could be timed and checked
+    measurements: list
+    guess: str = None  # the heuristic's choice, for the speed-up figure
+    measured_at: str = ""
+
+    def measurement(self, name):
+        for m in self.measurements:
+            if m.candidate.algorithm == name:
+                return m
+        return None
+
+    @property
+    def winner_time(self):
+        m = self.measurement(self.winner.algorithm) if self.winner else None
+        return m.median if m else math.inf
+
+    @property
+    def guess_time(self):
+        m = self.measurement(self.guess) if self.guess else None
+        return m.median if m and m.times else math.inf
+
+    def to_record(self, fields):
+        return {
+            "problem": fields,
+            "winner": self.winner.to_json() if self.winner else None,
+            "guess": self.guess,
+            "candidates": [m.to_json() for m in self.measurements],
+            "measured_at": self.measured_at,
+        }
+
+
+def random_operands(spec, seed=0):
+    """Canonical host operands (a, b) of ``spec.direction`` (see :mod:`nbconv.registry`)."""
+    rng = np.random.default_rng(seed)
+    x_or_dy = spec.y_shape if spec.direction == GRAD_INPUT else spec.x_shape
+    second = spec.w_shape if spec.direction in (FORWARD, GRAD_INPUT) else spec.y_shape
+    return tuple(rng.standard_normal(s, dtype=np.float32).astype(spec.np_dtype, copy=False)
+                 for s in (x_or_dy, second))
+
+
+@dataclass(frozen=True)
+class DeviceAdapter:
+    """How the tuner moves operands to a device and results back, and the device's workspace
+    limit (None: unchecked). A GPU backend registers its own with :func:`register_device`."""
+
+    to_device: object = None  # host ndarray -> what the device's algorithms take (a copy)
+    to_host: object = np.asarray  # result -> host ndarray, for the check against the reference
+    workspace_limit: object = None  # () -> bytes, or None
+
+
+def _cpu_limit():
+    from ..cpu.im2col import get_workspace_limit
+
+    return get_workspace_limit()
+
+
+_adapters = {"cpu": DeviceAdapter(to_device=np.array, workspace_limit=_cpu_limit)}
+
+
+def register_device(device, adapter):
+    _adapters[device] = adapter
+
+
+def _cuda_adapter():
+    from numba import cuda
+
+    def to_host(a):
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+    return DeviceAdapter(to_device=lambda a: cuda.to_device(np.ascontiguousarray(a)), to_host=to_host)
+
+
+def _adapter(device):
+    adapter = _adapters.get(device)
+    if adapter is None and device == "cuda":
+        adapter = _adapters["cuda"] = _cuda_adapter()
+    return adapter or DeviceAdapter(to_device=np.array)
+
+
+def rel_err(out, ref):
+    """max |out - ref| / max |ref| over finite entries; inf when shapes or non-finite entries differ."""
+    out, ref = np.asarray(out), np.asarray(ref)
+    if out.shape != ref.shape:
+        return math.inf
+    if ref.size == 0:
+        return 0.0
+    finite = np.isfinite(ref)
+    if not np.array_equal(finite, np.isfinite(out)):
+        return math.inf
+    if not finite.all():
+        out, ref = out[finite], ref[finite]
+        if ref.size == 0:
+            return 0.0
+    scale = float(np.abs(ref).max())
+    err = float(np.abs(out.astype(np.float64) - ref).max())
+    return err / scale if scale > 0 else err
+
+
+def _error(exc):
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"[:500]
+
+
+def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFERENCE,
+              budget=None, tie=None, min_repeat=MIN_REPEAT, max_repeat=MAX_REPEAT, prune=PRUNE,
+              prune_first=PRUNE_FIRST, operands=None, seed=0):
+    """Measure every applicable candidate for ``spec`` and pick the winner (see the module doc).
+
+    ``algorithms``: the Algorithm objects to consider (default: the registry's for ``device``, in
+    registration order); ``reference``: the name (or Algorithm) whose result the others must
+    match; ``operands``: canonical (a, b) to time on (copied; default random).
+    """
+    timer = timer if timer is not None else get_timer(device)
+    budget = config.get("tune_budget") if budget is None else budget
+    tie = config.get("tune_tie") if tie is None else tie
+    if algorithms is None:
+        algorithms = registry.algorithms(device)
+    algorithms = [a for a in algorithms if a.device == device]
+    order = {a.name: i for i, a in enumerate(algorithms)}
+    applicable = [a for a in algorithms if a.applicable(spec)]
+    guess = _guess(spec, applicable)
+    if isinstance(reference, str):
+        reference = next((a for a in algorithms if a.name == reference), None) or (
+            registry.get(reference, device) if reference in registry.names(device) else None)
+    adapter = _adapter(device)
+    a0, b0 = operands if operands is not None else random_operands(spec, seed)
+    limit = adapter.workspace_limit() if adapter.workspace_limit else None
+
+    def fresh(v):  # a private copy on the device: nothing of the caller's is ever written
+        return adapter.to_device(v) if adapter.to_device is not None else np.array(v)
+
+    def call(alg, a, b):
+        return alg.run[spec.direction](spec, a, b)
+
+    measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    ref_out, ref_error, ref_warmup = None, None, None
+    if reference is not None and reference.applicable(spec):
+        try:
+            t0 = time.perf_counter()
+            ref_out = adapter.to_host(call(reference, fresh(a0), fresh(b0)))
+            ref_warmup = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001  (any failure of a candidate is recorded)
+            ref_error = _error(exc)
+    else:
+        ref_error = f"reference algorithm {getattr(reference, 'name', reference)!r} does not apply"
+
+    ranked = sorted(applicable, key=lambda a: (guess is None or a.name != guess.name, order[a.name]))
+    measurements, best = {}, math.inf
+    for alg in ranked:
+        m = measurements[alg.name] = Measurement(Candidate(alg.name, device), "failed")
+        try:
+            ws = alg.workspace(spec)
+        except Exception as exc:  # noqa: BLE001
+            m.error = "workspace: " + _error(exc)
+            continue
+        if limit is not None and ws > limit:
+            m.error = f"workspace {ws} bytes exceeds the limit of {limit} bytes"
+            continue
+        a, b = fresh(a0), fresh(b0)
+        if reference is not None and alg.name == reference.name:
+            if ref_out is None:
+                m.error = ref_error
+                continue
+            m.warmup_s = ref_warmup
+            if ref_warmup < budget:  # its check ran earlier: warm up again, unless that is long
+                call(alg, a, b)     # enough to make another algorithm's aftermath negligible
+        else:
+            try:
+                t0 = time.perf_counter()
+                out = call(alg, a, b)
+                m.warmup_s = time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001
+                m.error = _error(exc)
+                continue
+            if ref_out is None:
+                m.error = f"cannot be checked: {ref_error}"
+                continue
+            m.max_rel_err = err = rel_err(adapter.to_host(out), ref_out)
+            del out
+            if not err <= TOLERANCE[spec.dtype]:
+                m.error = f"wrong result: max relative error {err:.3g} > {TOLERANCE[spec.dtype]:g}"
+                continue
+        m.status = "ok"
+        total = 0.0
+        try:
+            while True:
+                t = timer(m.candidate, lambda alg=alg, a=a, b=b: call(alg, a, b), spec)
+                m.times.append(t)
+                total += t
+                n = len(m.times)
+                if m.min > (prune_first if n == 1 else prune) * best:
+                    m.status = "pruned"
+                    break
+                if (n >= max_repeat or (n >= min_repeat and total >= budget)
+                        or (n >= 2 and total >= 3 * budget)):
+                    break
+        except Exception as exc:  # noqa: BLE001  (failing only on a later call is failing)
+            m.status, m.error, m.times = "failed", _error(exc), []
+            continue
+        if m.status == "ok":
+            best = min(best, m.median)
+
+    ms = [measurements[a.name] for a in applicable]  # report in registration order
+    ok = [m for m in ms if m.status == "ok"]
+    winner = None
+    if ok:
+        fastest = min(m.median for m in ok)
+        winner = next(m.candidate for m in ok if m.median <= fastest * (1 + tie))
+    return Result(spec, device, winner, ms, guess.name if guess else None, measured_at)
+
+
+def _guess(spec, applicable):
+    """``registry.guess`` over an explicit list: lowest estimate, then registration order."""
+    best, best_key = None, None
+    for i, a in enumerate(applicable):
+        key = (0, a.estimate(spec), i) if a.estimate is not None else (1, 0.0, i)
+        if best_key is None or key < best_key:
+            best, best_key = a, key
+    return best
