@@ -7,46 +7,28 @@ the user passed them: device arrays (Numba, CuPy, PyTorch CUDA tensors, anything
 ``device='cuda'`` (copied in, and the result copied back out as a NumPy array).
 
 Operands are made canonical on the device (:mod:`nbconv.cuda.arrays`: no copy when they already
-are; the filter flip applied in the one copy otherwise), the algorithm is the named one or the
-applicable CUDA algorithm with the lowest estimate (:func:`nbconv.registry.guess`), and the result
-is a Numba device array in the user's shape.
+are; the filter flip applied in the one copy otherwise), the algorithm is chosen as on the CPU
+(:func:`nbconv.dispatch.choose` with ``device='cuda'``: a name, or a policy consulting the tuning
+database, whose records and fingerprint are per device), and the result is a Numba device array in
+the user's shape.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import registry
-from ..spec import FORWARD, GRAD_INPUT, GRAD_WEIGHTS, AlgorithmNotApplicable
+from .. import dispatch
+from ..spec import FORWARD, GRAD_INPUT, GRAD_WEIGHTS
 from . import arrays, launch
 
 DEVICE = "cuda"
 
-_choice_cache: dict = {}
-_CACHE_MAX = 4096
 
 
 def choose(spec, algo=None):
-    """The CUDA algorithm that will compute ``spec``: the named one, or the heuristic default."""
-    key = (spec, algo)
-    alg = _choice_cache.get(key)
-    if alg is not None:
-        return alg
-    if algo is None:
-        alg = registry.guess(spec, DEVICE)
-        if alg is None:
-            raise AlgorithmNotApplicable(f"no {DEVICE} algorithm supports {spec.describe()}")
-    elif isinstance(algo, str):
-        alg = registry.get(algo, DEVICE)
-        if not alg.applicable(spec):
-            raise AlgorithmNotApplicable(
-                f"algo={algo!r} does not support {spec.direction} of {spec.describe()} on {DEVICE}"
-            )
-    else:
-        raise TypeError(f"algo must be None or an algorithm name, got {algo!r}")
-    if len(_choice_cache) >= _CACHE_MAX:
-        _choice_cache.clear()
-    _choice_cache[key] = alg
-    return alg
+    """The CUDA algorithm that will compute ``spec``: ``algo`` (an algorithm name or a policy), or
+    the policy ``nbconv.config`` sets for the direction; the tuning database's winner for the
+    problem on this GPU when there is one (see :func:`nbconv.dispatch.choose`)."""
+    return dispatch.choose(spec, algo, device=DEVICE)
 
 
 def _on_device(a, name):

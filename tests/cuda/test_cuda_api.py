@@ -153,3 +153,32 @@ def test_numba_device_array_results_wrap_back():
     y = nbconv.conv2d(device(X), device(W))
     assert pointer(arrays.contiguous(arrays.wrap(y, "y"), np.float32)) == pointer(y)
     assert isinstance(y, type(cuda.device_array(1)))
+
+
+def test_cuda_calls_are_tuned_into_the_database_per_device(tmp_path):
+    """device='cuda' problems go through the same policies and database as the CPU, keyed and
+    fingerprinted by device: a time_* policy times the CUDA candidates (a fake timer here), checks
+    them against 'direct', stores the winner under the cuda key, and a later call uses it."""
+    from nbconv import dispatch
+    from nbconv.autotune import FakeTimer, current_db, problem_key, use_timer
+    from nbconv.threads import get_num_threads
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 2, 6, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    spec = nbconv.spec.build("forward", 2, x.shape, w.shape, border_mode=1, subsample=1,
+                             filter_dilation=1, num_groups=1, unshared=False, filter_flip=True,
+                             dtype="float32", names={"x": "input", "w": "filters"})
+    favourite = "implicit_gemm" if front.choose(spec).name != "implicit_gemm" else "im2col"
+    timer = FakeTimer(lambda name, s: 1e-3 if name == favourite else 5e-3)
+    with nbconv.config(tuning_db=str(tmp_path / "t.json")), use_timer(timer, device="cuda"):
+        dispatch.clear_cache()
+        y = nbconv.conv2d(cuda.to_device(x), cuda.to_device(w), border_mode=1, algo="time_on_shape_change")
+        assert timer.calls, "no CUDA candidate was timed"
+        assert dispatch.explain(spec, "guess_on_shape_change", device="cuda") == (
+            registry.get(favourite, "cuda"), "db")
+        key = problem_key(spec, "cuda", get_num_threads())
+        assert current_db().lookup(key, "cuda")["winner"]["algorithm"] == favourite
+        ref = R.conv_nd(x.astype(np.float64), w.astype(np.float64), border_mode=1)
+        assert compare(y.copy_to_host(), ref, np.float32, float(np.abs(ref).max()) + 1) is None
+    dispatch.clear_cache()
