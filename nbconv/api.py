@@ -3,7 +3,8 @@
 Each function validates its arguments into a :class:`~nbconv.spec.ConvSpec` (cached per call
 signature, so a repeated call skips the Python validation), makes the operands canonical and hands
 them to :mod:`nbconv.dispatch`. ``algo=`` names a registered algorithm (see
-:func:`nbconv.registry.names`); by default the dispatcher chooses.
+:func:`nbconv.registry.names`) or a tuning policy (:data:`nbconv.config.POLICIES`); by default the
+policy :mod:`nbconv.config` sets for the call's direction decides.
 
 CUDA: when the arrays are device arrays (Numba device arrays, or anything exporting
 ``__cuda_array_interface__``: CuPy arrays, PyTorch CUDA tensors), the call runs on the GPU through

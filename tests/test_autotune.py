@@ -1,5 +1,6 @@
 """Autotuning: config API, policies, the tuner (with a fake timer), warm-up, recorder, CLI."""
 import json
+from time import sleep
 
 import numpy as np
 import pytest
@@ -209,7 +210,7 @@ def test_repeats_adapt_to_the_budget_and_slow_candidates_are_pruned():
     assert slow.status == "pruned" and len(slow.times) == 1
     assert huge.status == "pruned" and len(huge.times) == 1
     r = tune_spec(spec, algorithms=algs[2:], reference=algs[0], timer=timer, budget=0.01)
-    assert len(r.measurements[0].times) == 2  # one call alone exceeds the budget 3 times
+    assert len(r.measurements[0].times) == 3  # min_repeat, however long a call
     r = tune_spec(spec, algorithms=algs[:1], reference=algs[0], timer=FakeTimer({"t_fast": 1e-6}),
                   budget=0.01, max_repeat=25)
     assert len(r.measurements[0].times) == 25
@@ -221,6 +222,26 @@ def test_each_candidate_is_timed_in_one_run_of_calls():
     timer = FakeTimer({"t_a": 1e-3, "t_b": 1.1e-3, "t_c": 1.2e-3})
     tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.003, min_repeat=3)
     assert timer.calls == ["t_a"] * 3 + ["t_b"] * 3 + ["t_c"] * 3
+
+
+def test_a_hopeless_estimate_is_not_run_and_a_hopeless_warm_up_not_timed():
+    spec = _spec()
+    ref = _direct(spec, *random_operands(spec))  # compiled now: the calls below do no JIT work
+    calls = []
+
+    def slow(spec, a, b):
+        calls.append(1)
+        sleep(0.02)
+        return ref.copy()
+
+    algs = [_alg("t_fast", lambda s, a, b: ref.copy(), estimate=lambda s: 1e-6),
+            _alg("t_slow", slow, estimate=lambda s: 2e-6),
+            _alg("t_far", slow, estimate=lambda s: 1e-3)]
+    r = tune_spec(spec, algorithms=algs, reference=algs[0], budget=0.001)
+    fast, slow_m, far = r.measurements
+    assert r.winner.algorithm == "t_fast" and fast.status == "ok"
+    assert far.status == "skipped" and "estimate" in far.error
+    assert slow_m.status == "pruned" and slow_m.times == [slow_m.warmup_s] and len(calls) == 1
 
 
 def test_a_candidate_that_raises_never_wins_nor_crashes():
@@ -327,9 +348,11 @@ def test_real_algorithms_with_the_wall_clock_timer():
         assert {m.candidate.algorithm for m in r.measurements} == {
             a.name for a in registry.candidates(spec)}
         for m in r.measurements:
-            assert m.status in ("ok", "pruned", "failed")
-            if m.status != "failed":
+            assert m.status in ("ok", "pruned", "skipped", "failed")
+            if m.status in ("ok", "pruned"):
                 assert m.times and all(t > 0 for t in m.times)
+            else:
+                assert not m.times and m.error
 
 
 # ---------------------------------------------------------------------------------------------

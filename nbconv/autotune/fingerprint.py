@@ -52,15 +52,16 @@ def _cpuinfo():
 
 
 def _blas():
+    """NumPy's BLAS (nbconv's GEMMs are NumPy matmuls), from NumPy's build configuration: unlike
+    the libraries loaded in the process (threadpoolctl), it does not depend on what else the
+    program imported first (SciPy, PyTorch bring their own)."""
     try:
-        from threadpoolctl import threadpool_info
+        import numpy
 
-        return sorted(
-            f"{d.get('internal_api')} {d.get('version')} {d.get('architecture')}"
-            for d in threadpool_info() if d.get("user_api") == "blas"
-        )
-    except Exception:  # noqa: BLE001  (a broken threadpoolctl must not stop a convolution)
-        return []
+        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # noqa: BLE001  (older NumPy: no dict mode; the NumPy version still counts)
+        return "unknown"
 
 
 def _cuda():

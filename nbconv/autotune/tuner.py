@@ -3,12 +3,16 @@
 For each applicable candidate, in registration order with the guess first (a good early best lets
 the clearly slower candidates stop early):
 
-1. workspace check: more scratch memory than the device's workspace limit -> failed, never run;
+1. an estimate ``skip`` times the lowest estimate -> skipped, never run (the reference still
+   runs once, for the check); more scratch memory than the device's workspace limit -> failed,
+   never run;
 2. one warm-up call (it compiles, so JIT time never enters the timings; it also absorbs the
    previous candidate's thread pools winding down) whose result is compared with the reference
-   algorithm ('direct') -> failed if it raises or disagrees;
+   algorithm ('direct') -> failed if it raises or disagrees. If it did no JIT work and still took
+   ``prune_warmup`` times the best median so far, the candidate is pruned without a timed call;
 3. timed calls through the device's timer, back to back, until ``budget`` seconds are spent (at
-   least ``min_repeat``, at most ``max_repeat``, 2 when one call exceeds the budget three times),
+   least ``min_repeat``, even for long calls: fewer let one burst of machine load decide; at most
+   ``max_repeat``),
    stopping early ("pruned") once even the fastest call is ``prune`` times slower than the best
    median so far (``prune_first`` after a single call, where one burst of noise weighs more):
    noise only adds time, so such a candidate cannot be in the tie band.
@@ -26,15 +30,17 @@ from __future__ import annotations
 
 import datetime
 import math
+import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import config, registry
 from ..spec import FORWARD, GRAD_INPUT
-from .timing import get_timer
+from .timing import WallTimer, get_timer
 
 REFERENCE = "direct"
 #: largest |candidate - reference| / max |reference| accepted; float32 algorithms differ from the
@@ -44,6 +50,14 @@ MIN_REPEAT = 3
 MAX_REPEAT = 25
 PRUNE = 1.5
 PRUNE_FIRST = 2.0
+#: a warm-up call that did no JIT work yet took this many times the best median prunes its
+#: candidate without a timed call: first calls can be slow for other reasons (scratch buffers
+#: allocated and faulted in: 25x measured for im2col on a WaveNet layer), hence the wide margin
+PRUNE_WARMUP = 50.0
+#: candidates whose own estimate is this many times the lowest estimate are not run at all (the
+#: estimates of the algorithms that won or came within 1.3x on the benchmark suite were at most
+#: 12.7x the lowest)
+SKIP = 25.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,7 @@ class Candidate:
 @dataclass
 class Measurement:
     candidate: Candidate
-    status: str  # "ok", "pruned" (timed, clearly slower) or "failed" (never eligible)
+    status: str  # "ok", "pruned" (timed, clearly slower), "skipped" (estimate) or "failed"
     times: list = field(default_factory=list)
     error: str = None
     max_rel_err: float = None
@@ -205,6 +219,35 @@ def rel_err(out, ref):
     return err / scale if scale > 0 else err
 
 
+def _numba_specialisations():
+    """How many specialisations nbconv's module-level Numba functions hold: it grows when a call
+    compiles a kernel or loads one from Numba's on-disk cache."""
+    n = 0
+    for name, mod in list(sys.modules.items()):
+        if mod is not None and name.startswith("nbconv."):
+            for v in list(vars(mod).values()):
+                overloads = getattr(v, "overloads", None)
+                if isinstance(overloads, dict):
+                    n += len(overloads)
+    return n
+
+
+@contextmanager
+def _watch_jit(enabled):
+    """Yields a list that holds True after the block when the block did no JIT work (no
+    compilation, no load from Numba's cache): its duration is then a call of the kernels."""
+    verdict = []
+    if not enabled:
+        yield verdict
+        return
+    from numba.core import event
+
+    before = _numba_specialisations()
+    with event.install_recorder("numba:compile") as rec:
+        yield verdict
+    verdict.append(not rec.buffer and _numba_specialisations() == before)
+
+
 def _error(exc):
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -213,7 +256,8 @@ def _error(exc):
 
 def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFERENCE,
               budget=None, tie=None, min_repeat=MIN_REPEAT, max_repeat=MAX_REPEAT, prune=PRUNE,
-              prune_first=PRUNE_FIRST, operands=None, seed=0):
+              prune_first=PRUNE_FIRST, prune_warmup=PRUNE_WARMUP, skip=SKIP, operands=None,
+              seed=0):
     """Measure every applicable candidate for ``spec`` and pick the winner (see the module doc).
 
     ``algorithms``: the Algorithm objects to consider (default: the registry's for ``device``, in
@@ -243,12 +287,19 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
         return alg.run[spec.direction](spec, a, b)
 
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    ref_out, ref_error, ref_warmup = None, None, None
+    # a warm-up call is a timing only with the wall clock on the CPU (synchronous calls, the same
+    # clock) and when it did no JIT work
+    watch = device == "cpu" and isinstance(timer, WallTimer)
+    estimates = {a.name: _estimate(a, spec) for a in applicable}
+    lowest = min((e for e in estimates.values() if e is not None), default=None)
+    ref_out, ref_error, ref_warmup, ref_clean = None, None, None, False
     if reference is not None and reference.applicable(spec):
         try:
-            t0 = time.perf_counter()
-            ref_out = adapter.to_host(call(reference, fresh(a0), fresh(b0)))
-            ref_warmup = time.perf_counter() - t0
+            with _watch_jit(watch) as verdict:
+                t0 = time.perf_counter()
+                ref_out = adapter.to_host(call(reference, fresh(a0), fresh(b0)))
+                ref_warmup = time.perf_counter() - t0
+            ref_clean = bool(verdict and verdict[0])
         except Exception as exc:  # noqa: BLE001  (any failure of a candidate is recorded)
             ref_error = _error(exc)
     else:
@@ -258,6 +309,11 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
     measurements, best = {}, math.inf
     for alg in ranked:
         m = measurements[alg.name] = Measurement(Candidate(alg.name, device), "failed")
+        est = estimates[alg.name]
+        if skip and lowest and est is not None and est > skip * lowest:
+            m.status = "skipped"
+            m.error = f"not run: its estimate is {est / lowest:.0f}x the lowest"
+            continue
         try:
             ws = alg.workspace(spec)
         except Exception as exc:  # noqa: BLE001
@@ -271,14 +327,14 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
             if ref_out is None:
                 m.error = ref_error
                 continue
-            m.warmup_s = ref_warmup
-            if ref_warmup < budget:  # its check ran earlier: warm up again, unless that is long
-                call(alg, a, b)     # enough to make another algorithm's aftermath negligible
+            m.warmup_s, clean = ref_warmup, ref_clean
         else:
             try:
-                t0 = time.perf_counter()
-                out = call(alg, a, b)
-                m.warmup_s = time.perf_counter() - t0
+                with _watch_jit(watch) as verdict:
+                    t0 = time.perf_counter()
+                    out = call(alg, a, b)
+                    m.warmup_s = time.perf_counter() - t0
+                clean = bool(verdict and verdict[0])
             except Exception as exc:  # noqa: BLE001
                 m.error = _error(exc)
                 continue
@@ -290,6 +346,11 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
             if not err <= TOLERANCE[spec.dtype]:
                 m.error = f"wrong result: max relative error {err:.3g} > {TOLERANCE[spec.dtype]:g}"
                 continue
+        if clean and m.warmup_s > prune_warmup * best:
+            m.status, m.times = "pruned", [m.warmup_s]
+            continue
+        if reference is not None and alg.name == reference.name and ref_warmup < budget:
+            call(alg, a, b)  # its check ran before the others: warm up again, back to back
         m.status = "ok"
         total = 0.0
         try:
@@ -301,8 +362,7 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
                 if m.min > (prune_first if n == 1 else prune) * best:
                     m.status = "pruned"
                     break
-                if (n >= max_repeat or (n >= min_repeat and total >= budget)
-                        or (n >= 2 and total >= 3 * budget)):
+                if n >= max_repeat or (n >= min_repeat and total >= budget):
                     break
         except Exception as exc:  # noqa: BLE001  (failing only on a later call is failing)
             m.status, m.error, m.times = "failed", _error(exc), []
@@ -317,6 +377,15 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
         fastest = min(m.median for m in ok)
         winner = next(m.candidate for m in ok if m.median <= fastest * (1 + tie))
     return Result(spec, device, winner, ms, guess.name if guess else None, measured_at)
+
+
+def _estimate(alg, spec):
+    if alg.estimate is None:
+        return None
+    try:
+        return float(alg.estimate(spec))
+    except Exception:  # noqa: BLE001  (a broken estimate only loses the skip)
+        return None
 
 
 def _guess(spec, applicable):
