@@ -10,27 +10,27 @@ offset**. Output (r, m) of the plane of one (image, output channel, depth) reads
 in the flattened input channels of its group ``xg``, for every tap t = (c, kd, kh, kw) of the
 group. Nothing is copied or padded:
 
-* with unit strides and as many output as input columns (the usual 'same' layer), the output rows
-  whose taps are all inside the input form one flat range, computed by single long vector loops
-  over up to 9 taps each (the first storing, the others accumulating). Its edge columns read taps
-  wrapped from the neighbouring rows, so they are computed again afterwards, column by column,
-  from the taps inside the input. Measured on MobileNetV2's 3x3 depthwise layer at 56x56 (one
-  thread): 1.5 ms against 3.6 ms for the previous zero-padded plane (copy in, three 3-tap passes
-  into a scratch plane, copy out) and 3.0 ms for per-row passes (per-row setup dominates 56-wide
-  rows, which AVX-512 covers in three and a half vectors);
-* any other row gets the same fused passes over its interior columns (those whose taps are all
-  inside the input), with the taps of rows outside the input dropped, and edge columns likewise;
-* the gradient w.r.t. the input with unit strides is this forward correlation of ``output_grad``
-  with the kernel reversed and transposed per group, and the padding mirrored (``(k-1)*d - p``,
-  negative pads being crops); with strides it is a gather per input row, each task scattering only
-  into rows it owns;
-* the gradient w.r.t. the weights runs the same passes as fused dot products (up to 9 taps share
-  each load of ``output_grad``), over a copy of the flat range with its edge columns zeroed.
-  A NaN or Inf in the input can therefore reach weight gradients that do not depend on it (0 * Inf
-  in a wrapped column); finite inputs give exact results.
+* forward, unit strides and as many output as input columns (the usual 'same' layer): the output
+  rows whose taps are all inside the input form one flat range, computed by long vector loops of
+  up to 9 fused taps (the first pass storing, the others accumulating), two output channels per
+  pass (each load of the input feeds both). The range's edge columns read taps wrapped from the
+  neighbouring rows, so they are computed again afterwards from the taps inside the input; rows
+  with taps outside the input get per-row passes. MobileNetV2's 3x3 depthwise layer at 56x56
+  (float32, one thread, CPU ms): 2.2, against 3.6 for the previous zero-padded plane (copy in,
+  three 3-tap passes into a scratch plane at the padded pitch, copy out) and 3.0 for per-row
+  passes (per-row setup dominates rows of 56, three and a half AVX-512 vectors);
+* forward otherwise (strides, fewer output columns): the same fused passes per row over its
+  interior columns, edge columns apart;
+* grad-input is this forward correlation of ``output_grad`` (with strides: zero-inserted) with
+  the kernel reversed, its (O, Cg) axes swapped per group, and the padding mirrored
+  (``(k-1)*d - p``, negative pads being crops);
+* grad-weights runs the taps as fused dot products (up to 9 share each load of ``output_grad``);
+  in the flat case over bands of rows, with ``output_grad`` taken as zero where a tap's column is
+  wrapped (see :func:`_bwd_filter_flat`), so a NaN or Inf in the input can reach weight gradients
+  that do not depend on it (0 * Inf in a wrapped column); finite inputs give exact results.
 
 Parallel decomposition: tasks are (image, group, slab of output rows); a task writes only its own
-rows (forward: of every output channel of its group; grad-input: of every input channel). The
+rows (of every output channel of its group; for grad-input, of every input channel). The
 weight gradient sums each task's contribution into its own slice of a partial array, reduced in a
 fixed order afterwards, so results do not depend on the thread count or the schedule.
 """
@@ -40,9 +40,10 @@ from numba import njit, prange
 
 from .direct import _FASTMATH, _col_range
 
-#: Output elements per task: 2048 float32 outputs per channel and the input rows they read stay in
-#: the 32 KiB L1 while a task's passes revisit them.
-BLOCK = 2048
+#: Output elements per task and channel. Fewer, larger tasks measured faster, down to whole planes:
+#: on the depthwise layer (one thread, forward) 2.2 ms with 56 rows per task, 2.5 with 28, 3.1
+#: with 16 (per-task setup: tap lists, edge columns, border rows).
+BLOCK = 4096
 
 #: A task never has fewer rows than this (per-task setup amortised over the rows).
 MIN_ROWS = 2
@@ -50,10 +51,10 @@ MIN_ROWS = 2
 
 # --------------------------------------------------------------------------------------------
 # Fused passes. ``st`` holds, per tap, the index of ``src`` read for out[0]; out[m] reads
-# src[st[t] + m * step]. The passes are inlined into one unit-stride and one strided driver: a
-# literal step of 1 gives unit-stride vector loads. The drivers and the per-task functions are
-# ordinary calls, not inlined into the parallel loop: inlining everything there took Numba ~20 s
-# of CPU per kernel and dtype to compile.
+# src[st[t] + m * step]; a literal step of 1 gives unit-stride vector loads. Helpers are inlined
+# into per-task functions, which the parallel loops call: inlined into the parallel loop itself
+# they took Numba ~20 s of CPU per kernel and dtype to compile, and left as calls the depthwise
+# forward measured 2.8 ms instead of 2.4 (array arguments and reference counts per call).
 # --------------------------------------------------------------------------------------------
 
 
@@ -184,8 +185,7 @@ def _pass1x2(out0, out1, src, st, ws0, ws1, t, first):
 @njit(inline="always")
 def _gather2(out0, out1, src, st, ws0, ws1, nt):
     """_gather (unit step) for two output channels with the same taps, sharing every load of
-    ``src``: on ResNeXt's 4-channel groups, 2x fewer loads per multiply-add than one channel at a
-    time."""
+    ``src``: ResNeXt's grouped 3x3 forward (4 channels per group) 7.5 -> 6.1 ms on one thread."""
     if nt == 0:
         for m in range(out0.shape[0]):
             out0[m] = 0.0
@@ -251,6 +251,17 @@ def _dot3(acc, ix, d, src, st, t, step):
 
 
 @njit(inline="always")
+def _dot2(acc, ix, d, src, st, t, step):
+    s0, s1 = src[st[t]:], src[st[t + 1]:]
+    a0, a1 = acc[ix[t]], acc[ix[t + 1]]
+    for m in range(d.shape[0]):
+        v = d[m]
+        a0 += v * s0[m * step]
+        a1 += v * s1[m * step]
+    acc[ix[t]], acc[ix[t + 1]] = a0, a1
+
+
+@njit(inline="always")
 def _dot1(acc, ix, d, src, st, t, step):
     s0 = src[st[t]:]
     a0 = acc[ix[t]]
@@ -268,14 +279,16 @@ def _dots_any(acc, ix, d, src, st, nt, step):
     while nt - t >= 3:
         _dot3(acc, ix, d, src, st, t, step)
         t += 3
-    while t < nt:
+    if nt - t == 2:
+        _dot2(acc, ix, d, src, st, t, step)
+    elif nt - t == 1:
         _dot1(acc, ix, d, src, st, t, step)
-        t += 1
 
 
 @njit(inline="always")
 def _dots(acc, ix, d, src, st, nt, step):
-    """acc[ix[t]] += sum_m d[m] * src[st[t] + m * step] for t < nt, 9 dot products per pass."""
+    """acc[ix[t]] += sum_m d[m] * src[st[t] + m * step] for t < nt: 9 dot products per pass,
+    then 3, then 2 or 1."""
     if step == 1:
         _dots_any(acc, ix, d, src, st, nt, 1)
     else:
@@ -319,12 +332,22 @@ def _mdot3(acc, ix, d, mk, src, st, t, zero):
 
 
 @njit(inline="always")
+def _mdot2(acc, ix, d, mk, src, st, t, zero):
+    s0, s1 = src[st[t]:], src[st[t + 1]:]
+    a0, a1 = acc[ix[t]], acc[ix[t + 1]]
+    for m in range(d.shape[0]):
+        v = d[m] if mk[m] else zero
+        a0 += v * s0[m]
+        a1 += v * s1[m]
+    acc[ix[t]], acc[ix[t + 1]] = a0, a1
+
+
+@njit(inline="always")
 def _mdot1(acc, ix, d, mk, src, st, t, zero):
     s0 = src[st[t]:]
     a0 = acc[ix[t]]
     for m in range(d.shape[0]):
-        v = d[m] if mk[m] else zero
-        a0 += v * s0[m]
+        a0 += (d[m] if mk[m] else zero) * s0[m]
     acc[ix[t]] = a0
 
 
@@ -339,9 +362,10 @@ def _mdots(acc, ix, d, mk, src, st, nt, zero):
     while nt - t >= 3:
         _mdot3(acc, ix, d, mk, src, st, t, zero)
         t += 3
-    while t < nt:
+    if nt - t == 2:
+        _mdot2(acc, ix, d, mk, src, st, t, zero)
+    elif nt - t == 1:
         _mdot1(acc, ix, d, mk, src, st, t, zero)
-        t += 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,6 +513,8 @@ def _fwd_chunk(x, w, y, stride, dil, pad, groups, R, t0, t1):
     ws2 = np.empty(T, y.dtype)
     st = np.empty(T, np.int64)
     zero = np.zeros(1, y.dtype)[0]
+    cached = -1  # the depth whose taps pos, ix, tkh, tkw, epos, eix, ecnt hold
+    nt = 0
     for task in range(t0, t1):
         s = task % slabs
         g = (task // slabs) % groups
@@ -504,12 +530,22 @@ def _fwd_chunk(x, w, y, stride, dil, pad, groups, R, t0, t1):
             ri0 = min(max(ra, r_lo), rb)  # rows whose every input row is inside the input
             ri1 = max(min(rb, r_hi), ri0)
             r0, r1 = (ri0, ri1) if flat and m_lo < m_hi else (ra, ra)
-            for o in range(g * Og, (g + 1) * Og):
-                yp = y[n, o, od]
-                nt = _taps(pos, ws, ix, tkh, tkw, w[o], od, (D, H, W), (KD, KH, KW), stride, dil,
+            if od != cached:
+                # the taps' positions depend on the depth only (for depthwise layers of small
+                # planes, rebuilding them per task cost as much as the arithmetic)
+                nt = _taps(pos, ws, ix, tkh, tkw, w[0], od, (D, H, W), (KD, KH, KW), stride, dil,
                            pad)
                 _edge_taps(epos, ews, eix, ecnt, pos, ws, ix, tkw, nt, left, right, OW, W, sw, pw,
                            dw)
+                cached = od
+            for o in range(g * Og, (g + 1) * Og):
+                yp = y[n, o, od]
+                wf = w[o].reshape(T)
+                for t in range(nt):
+                    ws[t] = wf[ix[t]]
+                for e in range(ne):
+                    for k in range(ecnt[e]):
+                        ews[e, k] = wf[eix[e, k]]
                 # rows in address order, so that the hardware prefetchers see one stream: the
                 # first row done after the others cost a cache miss per line of every plane
                 for r in range(ra, rb):
@@ -522,9 +558,9 @@ def _fwd_chunk(x, w, y, stride, dil, pad, groups, R, t0, t1):
                         for t in range(nt):
                             st[t] = q0 + pos[t]
                         if o + 1 < (g + 1) * Og:
-                            wf = w[o + 1].reshape(T)
+                            wn = w[o + 1].reshape(T)
                             for t in range(nt):
-                                ws2[t] = wf[ix[t]]
+                                ws2[t] = wn[ix[t]]
                             _gather2(yp.reshape(OH * OW)[q0:q1],
                                      y[n, o + 1, od].reshape(OH * OW)[q0:q1], xg, st, ws, ws2, nt)
                         else:
@@ -567,56 +603,6 @@ def _fwd_kernel(x, w, y, stride, dil, pad, groups, R, nchunks):
 
 
 # --------------------------------------------------------------------------------------------
-# Gradient w.r.t. the input with strides: a gather per input row
-# --------------------------------------------------------------------------------------------
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _bwd_data_strided_kernel(dy, w, dx, stride, dil, pad, groups, R):
-    N, D, H, W = dx.shape[0], dx.shape[2], dx.shape[3], dx.shape[4]
-    O, Cg, KD, KH, KW = w.shape
-    OD, OH, OW = dy.shape[2], dy.shape[3], dy.shape[4]
-    Og = O // groups
-    sd, sh, sw = stride
-    dd, dh, dw = dil
-    pd, ph, pw = pad
-    slabs = -(-(D * H) // R)
-    ntask = N * groups * slabs
-    for task in prange(ntask):
-        s = task % slabs
-        g = (task // slabs) % groups
-        n = task // (slabs * groups)
-        for row in range(s * R, min((s + 1) * R, D * H)):
-            i0 = row // H
-            i1 = row % H
-            for c in range(Cg):
-                dxrow = dx[n, g * Cg + c, i0, i1]
-                dxrow[:] = 0.0
-                for kd in range(KD):
-                    td = i0 + pd - kd * dd
-                    if td < 0 or td % sd != 0 or td // sd >= OD:
-                        continue
-                    for kh in range(KH):
-                        th = i1 + ph - kh * dh
-                        if th < 0 or th % sh != 0 or th // sh >= OH:
-                            continue
-                        for o in range(g * Og, (g + 1) * Og):
-                            dyrow = dy[n, o, td // sd, th // sh]
-                            for kw in range(KW):
-                                wv = w[o, c, kd, kh, kw]
-                                off = kw * dw - pw
-                                lo, hi = _col_range(off, sw, W, OW)
-                                if sw == 1:
-                                    dxs = dxrow[lo + off:hi + off]
-                                    dys = dyrow[lo:hi]
-                                    for j in range(hi - lo):
-                                        dxs[j] += wv * dys[j]
-                                else:
-                                    for m in range(lo, hi):
-                                        dxrow[m * sw + off] += wv * dyrow[m]
-
-
-# --------------------------------------------------------------------------------------------
 # Gradient w.r.t. the weights
 # --------------------------------------------------------------------------------------------
 
@@ -647,61 +633,47 @@ def _bwd_filter_edges(acc, dyp, xg, dcol, epos, eix, ecnt, r0, r1, left, right, 
 
 
 @njit(inline="always")
-def _bwd_filter_flat(acc, dyp, xg, masks, pos, ix, tkh, tkw, nt, st, gix, gt, ra, rb, OH, OW, H,
-                     W, KW, ph, pw, dh, dw, zero):
-    """Unit strides and OW == W: per kernel column kw, the flat dot products of its taps over
-    rows [ra, rb), each over the rows where its input row is inside the input, with output_grad
-    taken as zero (``masks[kw]``, periodic in the columns) where tap kw reads a wrapped column.
-    Nothing is redone for edge columns or border rows. A masked copy of output_grad per kw
-    instead cost as much as the dot products."""
+def _bwd_filter_flat(acc, dyp, xg, masks, pos, ix, tkh, tkw, nt, st, gix, ra, rb, OH, OW, H, W,
+                     KH, KW, ph, pw, dh, dw, zero):
+    """Unit strides and OW == W: flat dot products over bands of rows [ra, rb) in which the same
+    kernel rows are inside the input, one fused call per band and kernel column kw, with
+    output_grad taken as zero (``masks[kw]``, periodic in the columns) where tap kw reads a
+    wrapped column. Nothing is redone for edge columns or border rows. On the 3x3 depthwise layer
+    (one thread): 2.8 ms, against 4.0 for a flat range plus edge columns and border rows apart,
+    3.4 with a masked copy of output_grad per kw instead of the masks, 3.0 with a pass per kernel
+    row over all its rows (a mask per tap, no one-row border bands), and no faster with nine taps
+    of three columns (three masks) per pass."""
     dflat = dyp.reshape(OH * OW)[ra * OW:rb * OW]
-    for kw in range(KW):
-        off = kw * dw - pw
-        mlo = min(max(0, -off), OW)  # columns whose tap kw is inside the input
-        mhi = max(min(OW, W - off), mlo)
-        if mlo >= mhi:
-            continue
-        wraps = mlo > 0 or mhi < OW
-        mk = masks[kw]
-        # this column's taps, and the rows [ia, ib) where all of them are inside the input
-        k = 0
-        ia, ib = ra, rb
-        for t in range(nt):
-            if tkw[t] == kw:
-                lo, hi = _col_range(tkh[t] * dh - ph, 1, H, OH)
-                ia = max(ia, lo)
-                ib = min(ib, hi)
-                gt[k] = t
-                k += 1
-        if ia < ib:
-            qa = ia * OW + mlo  # the columns left out at either end are masked anyway
-            qb = (ib - 1) * OW + mhi
-            for i in range(k):
-                st[i] = qa + pos[gt[i]]
-                gix[i] = ix[gt[i]]
+    b0 = ra
+    while b0 < rb:
+        b1 = rb
+        for kh in range(KH):
+            lo, hi = _col_range(kh * dh - ph, 1, H, OH)
+            if b0 < lo < b1:
+                b1 = lo
+            if b0 < hi < b1:
+                b1 = hi
+        for kw in range(KW):
+            off = kw * dw - pw
+            mlo = min(max(0, -off), OW)  # columns whose tap kw is inside the input
+            mhi = max(min(OW, W - off), mlo)
+            if mlo >= mhi:
+                continue
+            # the first and last row's columns left out are masked anyway
+            qa = b0 * OW + mlo
+            qb = (b1 - 1) * OW + mhi
+            k = 0
+            for t in range(nt):
+                if tkw[t] == kw and 0 <= b0 - ph + tkh[t] * dh < H:
+                    st[k] = qa + pos[t]
+                    gix[k] = ix[t]
+                    k += 1
             a, b = qa - ra * OW, qb - ra * OW
-            if wraps:
-                _mdots(acc, gix, dflat[a:b], mk[a:b], xg, st, k, zero)
+            if mlo > 0 or mhi < OW:
+                _mdots(acc, gix, dflat[a:b], masks[kw, a:b], xg, st, k, zero)
             else:
                 _dots(acc, gix, dflat[a:b], xg, st, k, 1)
-        else:
-            ia = ib = rb
-        # each tap's rows outside [ia, ib)
-        for i in range(k):
-            t = gt[i]
-            lo, hi = _col_range(tkh[t] * dh - ph, 1, H, OH)
-            lo = max(lo, ra)
-            hi = min(hi, rb)
-            for part in range(2):
-                r0, r1 = (lo, min(hi, ia)) if part == 0 else (max(lo, ib), hi)
-                if r0 >= r1:
-                    continue
-                qa = r0 * OW + mlo
-                qb = (r1 - 1) * OW + mhi
-                st[0] = qa + pos[t]
-                gix[0] = ix[t]
-                a, b = qa - ra * OW, qb - ra * OW
-                _mdots(acc, gix, dflat[a:b], mk[a:b], xg, st, 1, zero)
+        b0 = b1
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -735,10 +707,8 @@ def _bwd_filter_chunk(x, dy, part, stride, dil, pad, groups, R, t0, t1):
     ftkw = np.empty(T, np.int64)
     fws = np.empty(T, dy.dtype)
     st = np.empty(T, np.int64)
-    masked = np.empty(min(R, OH) * OW, dy.dtype)
     dcol = np.empty(min(R, OH), dy.dtype)
     gix = np.empty(T, np.int64)
-    gt = np.empty(T, np.int64)
     # per kw, 1 where output_grad's column meets tap kw inside the input (flat case)
     masks = np.zeros((KW, min(R, OH) * OW), np.uint8)
     for kw in range(KW):
@@ -747,6 +717,8 @@ def _bwd_filter_chunk(x, dy, part, stride, dil, pad, groups, R, t0, t1):
     zero = np.zeros(1, dy.dtype)[0]
     # the taps' weights are not needed: zeros keep the tap lists shared with forward
     wzero = np.zeros((Cg, KD, KH, KW), dy.dtype)
+    cached = -1  # the depth whose taps the tap lists hold
+    nt = 0
     for task in range(t0, t1):
         s = task % slabs
         g = (task // slabs) % groups
@@ -760,40 +732,25 @@ def _bwd_filter_chunk(x, dy, part, stride, dil, pad, groups, R, t0, t1):
             ra = row % OH
             rb = min(OH, ra + end - row)
             row += rb - ra
-            nt = _taps(pos, ws, ix, tkh, tkw, wzero, od, (D, H, W), (KD, KH, KW), stride, dil, pad)
-            _edge_taps(epos, ews, eix, ecnt, pos, ws, ix, tkw, nt, left, right, OW, W, sw, pw, dw)
-            ri0 = min(max(ra, r_lo), rb)
-            ri1 = max(min(rb, r_hi), ri0)
-            r0, r1 = (ri0, ri1) if flat and m_lo < m_hi else (ra, ra)
+            if od != cached:
+                nt = _taps(pos, ws, ix, tkh, tkw, wzero, od, (D, H, W), (KD, KH, KW), stride, dil,
+                           pad)
+                _edge_taps(epos, ews, eix, ecnt, pos, ws, ix, tkw, nt, left, right, OW, W, sw, pw,
+                           dw)
+                cached = od
             if flat:
                 for j in range(Og):
                     _bwd_filter_flat(part[task, j].reshape(T), dy[n, g * Og + j, od], xg, masks,
-                                     pos, ix, tkh, tkw, nt, st, gix, gt, ra, rb, OH, OW, H, W, KW,
+                                     pos, ix, tkh, tkw, nt, st, gix, ra, rb, OH, OW, H, W, KH, KW,
                                      ph, pw, dh, dw, zero)
                 continue
+            # per row: the interior columns in fused dot products, the edge columns apart
+            ri0 = min(max(ra, r_lo), rb)  # rows whose every input row is inside the input
+            ri1 = max(min(rb, r_hi), ri0)
             for j in range(Og):
                 acc = part[task, j].reshape(T)
                 dyp = dy[n, g * Og + j, od]
                 for r in range(ra, rb):
-                    if r == r0 and r0 < r1:
-                        # output_grad of rows [r0, r1) with the edge columns zeroed (the taps
-                        # there are wrapped), in one dot product per tap
-                        q0 = r0 * OW + m_lo
-                        q1 = (r1 - 1) * OW + m_hi
-                        d = masked[:q1 - q0]
-                        src = dyp.reshape(OH * OW)[q0:q1]
-                        for i in range(q1 - q0):
-                            d[i] = src[i]
-                        for rr in range(r0, r1):
-                            for m in range(max(0, q0 - rr * OW), left):
-                                d[rr * OW + m - q0] = 0.0
-                            for m in range(right, min(OW, q1 - rr * OW)):
-                                d[rr * OW + m - q0] = 0.0
-                        for t in range(nt):
-                            st[t] = q0 + pos[t]
-                        _dots(acc, ix, d, xg, st, nt, 1)
-                    if r0 <= r < r1:
-                        continue
                     base = r * sh * W
                     if ri0 <= r < ri1:
                         if m_lo < m_hi:
@@ -839,52 +796,76 @@ def supports(spec):
     return not spec.unshared and spec.group_in <= 16 and spec.group_out <= 16
 
 
-def _rows_per_task(rows, width):
-    """Rows per task: about BLOCK outputs per channel, at least MIN_ROWS."""
-    return max(MIN_ROWS, min(rows, BLOCK // max(1, width)))
+def _rows_per_task(rows, width, planes):
+    """Rows per task: about BLOCK outputs per channel (fewer tasks measured faster down to whole
+    56x56 planes: per-task setup), but at least 8 tasks in all when the rows allow, whatever the
+    thread count (the weight gradient's summation order follows the tasks)."""
+    r = max(MIN_ROWS, min(rows, BLOCK // max(1, width)))
+    if planes * -(-rows // r) < 8:
+        r = max(1, -(-rows // -(-8 // planes)))
+    return r
 
 
 def _tasks(spec, rows, width):
-    r = _rows_per_task(rows, width)
+    r = _rows_per_task(rows, width, spec.batch * spec.groups)
     return r, spec.batch * spec.groups * -(-rows // r)
 
 
 def workspace(spec):
-    """Scratch bytes: grad-weights' partial sums (one weight-sized slice per group per task)."""
-    if spec.direction != "grad_weights":
-        return 0
-    rows = spec.out_size[0] * spec.out_size[1]
-    r, ntask = _tasks(spec, rows, spec.out_size[2])
-    per_task = spec.group_out * spec.group_in * spec.kernel[0] * spec.kernel[1] * spec.kernel[2]
-    threads = numba.get_num_threads()
-    return (ntask * per_task + threads * r * spec.out_size[2]) * spec.np_dtype.itemsize
+    """Scratch bytes: per thread the tap lists and one task's rows of masks; grad-weights adds
+    its partial sums (one weight-sized slice per group and task), strided grad-input the
+    zero-inserted output_grad."""
+    taps = spec.group_in * spec.kernel[0] * spec.kernel[1] * spec.kernel[2]
+    width = spec.out_size[2] if spec.direction != "grad_input" else spec.in_size[2]
+    rows = (spec.out_size if spec.direction != "grad_input" else spec.in_size)[1]
+    r, ntask = _tasks(spec, rows, width)
+    per_thread = taps * (2 * width + 16) * 8 + min(r, rows) * width * (8 + spec.kernel[2])
+    total = numba.get_num_threads() * per_thread
+    if spec.direction == "grad_weights":
+        total += ntask * spec.group_out * taps * spec.np_dtype.itemsize
+    if spec.direction == "grad_input" and spec.stride != (1, 1, 1):
+        (OD, OH, OW), (sd, sh, sw) = spec.out_size, spec.stride
+        total += (spec.batch * spec.out_channels * ((OD - 1) * sd + 1) * ((OH - 1) * sh + 1)
+                  * max(spec.in_size[2], (OW - 1) * sw + 1) * spec.np_dtype.itemsize)
+    return total
 
 
 def forward(spec, x, w):
     y = np.empty(spec.y_shape, dtype=spec.np_dtype)
     if y.size:
-        r = _rows_per_task(spec.out_size[0] * spec.out_size[1], spec.out_size[2])
+        r, _ = _tasks(spec, spec.out_size[0] * spec.out_size[1], spec.out_size[2])
         _fwd_kernel(x, w, y, spec.stride, spec.dilation, spec.pad_lo, spec.groups, r,
                     numba.get_num_threads())
     return y
+
+
+def _zero_inserted(spec, dy):
+    """dy with (stride - 1) zeros between its samples along each strided axis, as wide as the
+    input at least: grad-input becomes a unit-stride correlation, whose flat passes apply when
+    the widths match. Measured on MobileNetV2's stride-2 depthwise layers (2 threads): 1.1 ms
+    on 112x112 against 2.8 for the gather per input row (scattered, strided stores)."""
+    (OD, OH, OW), (sd, sh, sw) = spec.out_size, spec.stride
+    shape = spec.y_shape[:2] + ((OD - 1) * sd + 1, (OH - 1) * sh + 1,
+                                max(spec.in_size[2], (OW - 1) * sw + 1))
+    dyz = np.zeros(shape, dtype=spec.np_dtype)
+    dyz[:, :, ::sd, ::sh, :(OW - 1) * sw + 1:sw] = dy
+    return dyz
 
 
 def grad_input(spec, dy, w):
     dx = np.empty(spec.x_shape, dtype=spec.np_dtype)
     if not dx.size:
         return dx
-    if spec.stride == (1, 1, 1):
-        # the forward correlation of dy with the kernel reversed, its (O, Cg) axes swapped per
-        # group, and the padding mirrored
-        G, Og, Cg = spec.groups, spec.group_out, spec.group_in
-        wt = w[:, :, ::-1, ::-1, ::-1].reshape((G, Og, Cg) + spec.kernel)
-        wt = np.ascontiguousarray(wt.transpose(0, 2, 1, 3, 4, 5)).reshape((G * Cg, Og) + spec.kernel)
-        pad = tuple((k - 1) * d - p for k, d, p in zip(spec.kernel, spec.dilation, spec.pad_lo))
-        r = _rows_per_task(spec.in_size[0] * spec.in_size[1], spec.in_size[2])
-        _fwd_kernel(dy, wt, dx, (1, 1, 1), spec.dilation, pad, G, r, numba.get_num_threads())
-    else:
-        r = _rows_per_task(spec.in_size[0] * spec.in_size[1], spec.in_size[2])
-        _bwd_data_strided_kernel(dy, w, dx, spec.stride, spec.dilation, spec.pad_lo, spec.groups, r)
+    if spec.stride != (1, 1, 1):
+        dy = _zero_inserted(spec, dy)
+    # the unit-stride forward correlation of dy with the kernel reversed, its (O, Cg) axes swapped
+    # per group, and the padding mirrored
+    G, Og, Cg = spec.groups, spec.group_out, spec.group_in
+    wt = w[:, :, ::-1, ::-1, ::-1].reshape((G, Og, Cg) + spec.kernel)
+    wt = np.ascontiguousarray(wt.transpose(0, 2, 1, 3, 4, 5)).reshape((G * Cg, Og) + spec.kernel)
+    pad = tuple((k - 1) * d - p for k, d, p in zip(spec.kernel, spec.dilation, spec.pad_lo))
+    r, _ = _tasks(spec, spec.in_size[0] * spec.in_size[1], spec.in_size[2])
+    _fwd_kernel(dy, wt, dx, (1, 1, 1), spec.dilation, pad, G, r, numba.get_num_threads())
     return dx
 
 
@@ -901,6 +882,36 @@ def grad_weights(spec, x, dy):
     return np.ascontiguousarray(part.sum(axis=(0, 2)).reshape(spec.w_shape))
 
 
+# Sustained rates on 2 cores, float32 (float64: half), from the benchmark suite: the flat passes
+# of MobileNetV2's depthwise and ResNeXt's grouped 3x3 layers, the per-row passes of strided
+# layers; plus a setup cost per output plane (tap weights, edge columns, border rows), which is
+# what the 7x7 depthwise layers of MobileNetV2 measured beyond these rates (0.31 ms for 7680
+# planes against 0.26 for the padded-plane depthwise kernels).
+_RATE_FLAT = {"forward": 60e9, "grad_input": 60e9, "grad_weights": 40e9}
+_RATE_ROWS = 25e9
+_BANDWIDTH = 25e9
+_PER_PLANE = 25e-9
+_LAUNCH = 20e-6
+
+
 def estimate(spec):
-    """Predicted seconds for the `guess` policy (provisional)."""
-    return 20e-6 + spec.flops() / 40e9
+    """Predicted seconds for the `guess` policy: the slower of the arithmetic (at the measured
+    rate of the path the problem takes; strided grad-input multiplies by the zeros inserted) and
+    moving the operands and result once, plus the per-plane setup."""
+    flops = spec.flops()
+    x = spec.batch * spec.in_channels * spec.in_size[0] * spec.in_size[1] * spec.in_size[2]
+    y = spec.batch * spec.out_channels * spec.out_size[0] * spec.out_size[1] * spec.out_size[2]
+    planes = spec.batch * spec.out_channels * spec.out_size[0]
+    if spec.direction == "grad_input":
+        zeros = spec.stride[0] * spec.stride[1] * spec.stride[2]
+        flops *= zeros
+        y *= zeros  # the zero-inserted copy of output_grad
+        planes = spec.batch * spec.in_channels * spec.in_size[0]
+        rate = _RATE_FLAT["grad_input"]
+    elif spec.stride[1] == spec.stride[2] == 1 and spec.out_size[2] == spec.in_size[2]:
+        rate = _RATE_FLAT[spec.direction]
+    else:
+        rate = _RATE_ROWS
+    rate *= 4 / spec.np_dtype.itemsize
+    moved = (x + y) * spec.np_dtype.itemsize
+    return _LAUNCH + max(flops / rate, moved / _BANDWIDTH) + planes * _PER_PLANE
