@@ -106,7 +106,10 @@ def execute(spec, a, b, algo=None):
     out_shape = spec.user_result_shape
     if 0 in out_shape:
         return np.zeros(out_shape, dtype=spec.np_dtype)
-    out = alg.run[spec.direction](spec, a, b)
+    # NaN/Inf operands propagate silently whichever algorithm runs: the BLAS-backed ones would
+    # otherwise raise NumPy's RuntimeWarnings from inside nbconv and the Numba kernels none
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = alg.run[spec.direction](spec, a, b)
     if spec.direction == GRAD_WEIGHTS and spec.flip:
         out = np.ascontiguousarray(out[_KERNEL_AXES_REVERSED])
     return out.reshape(out_shape)

@@ -38,6 +38,10 @@ class Algorithm:
     supports: Callable = _always  # spec -> bool (the direction is part of the spec)
     workspace: Callable = _no_workspace  # spec -> bytes of scratch memory beyond the result
     deterministic: bool = True
+    # True when only the definition's terms are summed, so a NaN/Inf operand element makes exactly
+    # the outputs that depend on it non-finite; False allows it to spread further (padding zeros
+    # times a NaN weight, Winograd/FFT transforms), never to vanish (tests/test_nonfinite.py)
+    exact_nonfinite: bool = False
     description: str = ""
     # spec -> predicted seconds; the `guess` policy ranks applicable algorithms by it
     estimate: Callable = None

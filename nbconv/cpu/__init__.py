@@ -26,14 +26,14 @@ def _im2col_estimate(spec):
     return 3 * _LAUNCH + spec.flops() / 80e9 + 2 * cols * spec.np_dtype.itemsize / 20e9
 
 
-def _register(name, module, description, estimate):
-    extra = {k: getattr(module, k) for k in ("supports", "workspace") if hasattr(module, k)}
+def _register(name, module, description, estimate, **extra):
+    extra.update({k: getattr(module, k) for k in ("supports", "workspace") if hasattr(module, k)})
     run = {FORWARD: module.forward, GRAD_INPUT: module.grad_input, GRAD_WEIGHTS: module.grad_weights}
     register(Algorithm(name=name, device="cpu", run=run, description=description, estimate=estimate, **extra))
 
 
 _register("direct", direct, "direct loops, padding clipped per tap; every problem, every direction",
-          _direct_estimate)
+          _direct_estimate, exact_nonfinite=True)
 _register("unshared_gemm", unshared,
           "locally connected layers: one (N x K) @ (K x O) product per output position",
           lambda spec: _LAUNCH + spec.flops() / 17e9)
@@ -46,7 +46,7 @@ _register("im2col", im2col,
           _im2col_estimate)
 # r50_1x1_14: ~170 GFLOP/s measured, BLAS-bound
 _register("gemm_1x1", gemm1x1, "1x1 kernels: batched GEMMs on views (strided or padded: gathered input)",
-          lambda spec: 2 * _LAUNCH + spec.flops() / 150e9)
+          lambda spec: 2 * _LAUNCH + spec.flops() / 150e9, exact_nonfinite=True)
 
 from . import direct_serial, flat  # noqa: E402
 
@@ -54,7 +54,7 @@ from . import direct_serial, flat  # noqa: E402
 # win only on problems of a few hundred kFLOP, like LeNet's first layer.
 _register("direct_serial", direct_serial,
           "the direct kernels on the calling thread only: tiny problems, every direction",
-          lambda spec: 1e-6 + spec.flops() / (0.4e9 if spec.unshared else 5e9))
+          lambda spec: 1e-6 + spec.flops() / (0.4e9 if spec.unshared else 5e9), exact_nonfinite=True)
 _register("flat", flat,
           "stride 1, single-threaded: each tap one long multiply-add over flattened padded planes",
           lambda spec: 2e-6 + spec.flops() / 12e9)
