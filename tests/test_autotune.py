@@ -220,8 +220,42 @@ def test_each_candidate_is_timed_in_one_run_of_calls():
     spec = _spec()
     algs = [_alg("t_a"), _alg("t_b"), _alg("t_c")]
     timer = FakeTimer({"t_a": 1e-3, "t_b": 1.1e-3, "t_c": 1.2e-3})
-    tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.003, min_repeat=3)
+    tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.003, min_repeat=3,
+              runoff=0)
     assert timer.calls == ["t_a"] * 3 + ["t_b"] * 3 + ["t_c"] * 3
+
+
+def test_close_candidates_go_to_a_run_off_in_alternating_blocks():
+    spec = _spec()
+    algs = [_alg("t_a"), _alg("t_b"), _alg("t_c"), _alg("t_far")]
+    timer = FakeTimer({"t_a": 1e-3, "t_b": 1.1e-3, "t_c": 1.2e-3, "t_far": 1.4e-3})
+    r = tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.003,
+                  min_repeat=3, runoff=1.3, runoff_rounds=4)
+    first = ["t_a"] * 3 + ["t_b"] * 3 + ["t_c"] * 3 + ["t_far"] * 3
+    block = round(2 * 0.003 / (4 * 1e-3))  # 2 calls per block: twice the budget over 4 rounds
+    abc = [n for n in ("t_a", "t_b", "t_c") for _ in range(block)]
+    assert timer.calls == first + abc + abc[::-1] + abc + abc[::-1]  # t_far: 1.4x, not a finalist
+    a, b, c, far = r.measurements
+    assert len(a.runoff) == len(b.runoff) == len(c.runoff) == 4 * block and not far.runoff
+    rec = r.to_record({})["candidates"]
+    assert rec[0]["runoff_repeats"] == 4 * block and "runoff_median_s" not in rec[3]
+
+
+def test_the_run_off_decides_over_a_first_pass_disturbed_by_load():
+    """t_a's first pass ran during a burst of load (1.8 ms, 1.2x t_b's 1.5 ms): the run-off
+    times both again, alternately, and finds t_a the faster."""
+    spec = _spec()
+    algs = [_alg("t_a"), _alg("t_b")]
+    timer = FakeTimer({"t_a": [1.8e-3] * 3 + [1e-3] * 100, "t_b": 1.5e-3})
+    r = tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.004,
+                  min_repeat=3, max_repeat=3)
+    assert r.winner.algorithm == "t_a"
+    assert r.measurements[0].median == pytest.approx(1.8e-3)  # the first pass is kept as measured
+    assert r.winner_time == pytest.approx(1e-3)
+    r = tune_spec(spec, algorithms=algs, reference=algs[0], budget=0.004, min_repeat=3,
+                  max_repeat=3, runoff=0,
+                  timer=FakeTimer({"t_a": [1.8e-3] * 3 + [1e-3] * 100, "t_b": 1.5e-3}))
+    assert r.winner.algorithm == "t_b"  # without it, the burst decides
 
 
 def test_a_hopeless_estimate_is_not_run_and_a_hopeless_warm_up_not_timed():

@@ -21,6 +21,11 @@ Back-to-back calls, not calls interleaved with other candidates: measured here, 
 candidate timed right after another algorithm ran 2-10x slower than in a run of its own calls
 (thread pools still winding down), which decided winners more than the algorithms did.
 
+4. a run-off between the candidates whose median came within ``runoff`` of the best: they are
+   timed again in alternating blocks (an untimed call, then timed calls; the block order reversed
+   every round), so that a change of machine load during the first pass, which timed them one
+   after the other, weighs on all of them alike. The run-off's medians then decide.
+
 The winner is the lowest median; candidates within ``tie`` (relative) of it are a tie broken by
 registration order, so repeated tunings pick the same algorithm. Candidates run on random operands
 of the problem's shapes (fixed seed), never on a user's arrays: nothing of the user's is written,
@@ -49,6 +54,11 @@ TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
 MIN_REPEAT = 3
 MAX_REPEAT = 25
 PRUNE = 1.5
+#: candidates within this factor of the best first-pass median go to the run-off, timed there in
+#: RUNOFF_ROUNDS alternating blocks; measured on the suite under load, first-pass medians of the
+#: close pairs (winograd/im2col, grouped_direct/depthwise) swung by up to 1.4x between processes
+RUNOFF = 1.3
+RUNOFF_ROUNDS = 4
 PRUNE_FIRST = 2.0
 #: a warm-up call that did no JIT work yet took this many times the best median prunes its
 #: candidate without a timed call: first calls can be slow for other reasons (scratch buffers
@@ -82,6 +92,7 @@ class Measurement:
     candidate: Candidate
     status: str  # "ok", "pruned" (timed, clearly slower), "skipped" (estimate) or "failed"
     times: list = field(default_factory=list)
+    runoff: list = field(default_factory=list)  # the run-off's timings (see the module doc)
     error: str = None
     max_rel_err: float = None
     warmup_s: float = None
@@ -89,6 +100,11 @@ class Measurement:
     @property
     def median(self):
         return float(np.median(self.times)) if self.times else math.inf
+
+    @property
+    def score(self):
+        """What decides: the run-off's median where the candidate was in one."""
+        return float(np.median(self.runoff)) if self.runoff else self.median
 
     @property
     def min(self):
@@ -108,6 +124,9 @@ class Measurement:
         if self.times:
             d.update(median_s=self.median, min_s=self.min, spread=round(self.spread, 4),
                      repeats=len(self.times))
+        if self.runoff:
+            d.update(runoff_median_s=self.score, runoff_min_s=float(min(self.runoff)),
+                     runoff_repeats=len(self.runoff))
         if self.warmup_s is not None:
             d["warmup_s"] = self.warmup_s
         if self.max_rel_err is not None:
@@ -135,12 +154,12 @@ class Result:
     @property
     def winner_time(self):
         m = self.measurement(self.winner.algorithm) if self.winner else None
-        return m.median if m else math.inf
+        return m.score if m else math.inf
 
     @property
     def guess_time(self):
         m = self.measurement(self.guess) if self.guess else None
-        return m.median if m and m.times else math.inf
+        return m.score if m and m.times else math.inf
 
     def to_record(self, fields):
         return {
@@ -256,8 +275,8 @@ def _error(exc):
 
 def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFERENCE,
               budget=None, tie=None, min_repeat=MIN_REPEAT, max_repeat=MAX_REPEAT, prune=PRUNE,
-              prune_first=PRUNE_FIRST, prune_warmup=PRUNE_WARMUP, skip=SKIP, operands=None,
-              seed=0):
+              prune_first=PRUNE_FIRST, prune_warmup=PRUNE_WARMUP, skip=SKIP, runoff=RUNOFF,
+              runoff_rounds=RUNOFF_ROUNDS, operands=None, seed=0):
     """Measure every applicable candidate for ``spec`` and pick the winner (see the module doc).
 
     ``algorithms``: the Algorithm objects to consider (default: the registry's for ``device``, in
@@ -284,7 +303,7 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
         return adapter.to_device(v) if adapter.to_device is not None else np.array(v)
 
     def call(alg, a, b):
-        return alg.run[spec.direction](spec, a, b)
+        return alg.compute(spec, a, b)
 
     measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     # a warm-up call is a timing only with the wall clock on the CPU (synchronous calls, the same
@@ -372,11 +391,37 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
 
     ms = [measurements[a.name] for a in applicable]  # report in registration order
     ok = [m for m in ms if m.status == "ok"]
+    if runoff and runoff_rounds and len(ok) > 1:
+        _runoff(ok, runoff, runoff_rounds, budget, min_repeat, timer,
+                {m.candidate.algorithm: a for a in applicable for m in ok
+                 if a.name == m.candidate.algorithm}, call, fresh, a0, b0, spec)
+        ok = [m for m in ms if m.status == "ok"]
     winner = None
     if ok:
-        fastest = min(m.median for m in ok)
-        winner = next(m.candidate for m in ok if m.median <= fastest * (1 + tie))
+        fastest = min(m.score for m in ok)
+        winner = next(m.candidate for m in ok if m.score <= fastest * (1 + tie))
     return Result(spec, device, winner, ms, guess.name if guess else None, measured_at)
+
+
+def _runoff(ok, factor, rounds, budget, min_repeat, timer, algs, call, fresh, a0, b0, spec):
+    best = min(m.median for m in ok)
+    finalists = [m for m in ok if m.median <= factor * best]
+    if len(finalists) < 2:
+        return
+    # calls per block: the run-off spends about twice the first pass's budget per finalist
+    per_block = max(1, min(min_repeat, round(2 * budget / (rounds * best))))
+    operands = {m.candidate.algorithm: (fresh(a0), fresh(b0)) for m in finalists}
+    for r in range(rounds):
+        for m in finalists if r % 2 == 0 else finalists[::-1]:
+            if m.status != "ok":
+                continue
+            alg, (a, b) = algs[m.candidate.algorithm], operands[m.candidate.algorithm]
+            fn = lambda alg=alg, a=a, b=b: call(alg, a, b)  # noqa: E731
+            try:
+                fn()  # untimed: the previous finalist's thread pools winding down
+                m.runoff.extend(timer(m.candidate, fn, spec) for _ in range(per_block))
+            except Exception as exc:  # noqa: BLE001
+                m.status, m.error, m.times, m.runoff = "failed", _error(exc), [], []
 
 
 def _estimate(alg, spec):
