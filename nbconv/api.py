@@ -158,7 +158,7 @@ def _forward(nd, input, filters, input_shape, filter_shape, border_mode, subsamp
         return _cuda_execute(spec, x, w, algo, (names["x"], names["w"]))
     dt = spec.np_dtype
     return dispatch.execute(spec, dispatch.canonical(x, spec.x_shape, dt),
-                            dispatch.canonical_weights(spec, w), algo)
+                            w, algo, unflipped=True)
 
 
 def _grad_input(nd, output_grad, filters, input_shape, filter_shape, border_mode, subsample,
@@ -194,7 +194,7 @@ def _grad_input(nd, output_grad, filters, input_shape, filter_shape, border_mode
         return _cuda_execute(spec, dy, w, algo, (names["y"], names["w"]))
     dt = spec.np_dtype
     return dispatch.execute(spec, dispatch.canonical(dy, spec.y_shape, dt),
-                            dispatch.canonical_weights(spec, w), algo)
+                            w, algo, unflipped=True)
 
 
 def _grad_weights(nd, input, output_grad, filter_shape, input_shape, border_mode, subsample,

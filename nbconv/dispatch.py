@@ -1,8 +1,9 @@
 """From a validated spec and user arrays to a result: canonical arrays, algorithm choice, flip.
 
-``filter_flip`` is applied here, once, for every algorithm: the weights are reversed along their
-three kernel axes while they are made contiguous (the copy that canonicalisation may need anyway),
-and a weight gradient is reversed back, so algorithms only ever implement cross-correlation.
+``filter_flip`` is applied here, once, for every algorithm that does not apply it itself
+(``Algorithm.flips``): the weights are reversed along their three kernel axes while they are made
+contiguous (the copy that canonicalisation may need anyway), and a weight gradient is reversed
+back, so those algorithms only ever implement cross-correlation.
 
 The algorithm comes from the per-call ``algo=`` or else the direction's policy in
 :mod:`nbconv.config` (default ``guess_on_shape_change``): a policy name is decided by
@@ -97,8 +98,12 @@ def _decide(spec, request, device):
     return alg, "explicit"
 
 
-def execute(spec, a, b, algo=None):
-    """Run ``spec.direction`` on canonical operands; returns the user-shaped result."""
+def execute(spec, a, b, algo=None, *, unflipped=False):
+    """Run ``spec.direction`` on canonical operands; returns the user-shaped result.
+
+    The weights (``b`` of forward and grad-input) are those of :func:`canonical_weights`, already
+    flipped when ``spec.flip``; with ``unflipped=True`` they are the user's array, made canonical
+    here (one copy at most) and flipped unless the chosen algorithm flips itself."""
     alg = choose(spec, algo)
     if _recorders:
         for r in _recorders:
@@ -108,8 +113,13 @@ def execute(spec, a, b, algo=None):
         return np.zeros(out_shape, dtype=spec.np_dtype)
     # NaN/Inf operands propagate silently whichever algorithm runs: the BLAS-backed ones would
     # otherwise raise NumPy's RuntimeWarnings from inside nbconv and the Numba kernels none
+    run, flip_out = alg.run[spec.direction], spec.flip and not alg.flips
+    if unflipped and spec.direction != GRAD_WEIGHTS:
+        b = canonical_weights(spec, b) if flip_out else canonical(b, spec.w_shape, spec.np_dtype)
+    elif spec.flip and alg.flips and spec.direction != GRAD_WEIGHTS:
+        spec = spec.correlation  # b was flipped already
     with np.errstate(invalid="ignore", over="ignore"):
-        out = alg.run[spec.direction](spec, a, b)
-    if spec.direction == GRAD_WEIGHTS and spec.flip:
+        out = run(spec, a, b)
+    if spec.direction == GRAD_WEIGHTS and flip_out:
         out = np.ascontiguousarray(out[_KERNEL_AXES_REVERSED])
     return out.reshape(out_shape)

@@ -8,8 +8,9 @@ workspace it needs; ``run[direction](spec, a, b)`` computes the result on canoni
     grad_weights  run(spec, x, dy)  -> dw
 
 Arrays are C-contiguous, of ``spec.dtype``, in the canonical 3-spatial-axis layout, and weights
-come already flipped when ``spec.flip`` (see :mod:`nbconv.dispatch`), so every algorithm computes
-cross-correlation. A new algorithm is one module plus one :func:`register` call; the test-suite
+come already flipped when ``spec.flip`` (see :mod:`nbconv.dispatch`), so an algorithm computes
+cross-correlation, unless it is registered with ``flips=True``: it then gets the weights as the
+user passed them and applies ``spec.flip`` itself. A new algorithm is one module plus one :func:`register` call; the test-suite
 parametrizes over :func:`algorithms`, so it is tested the day it is registered.
 """
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Algorithm:
     # the outputs that depend on it non-finite; False allows it to spread further (padding zeros
     # times a NaN weight, Winograd/FFT transforms), never to vanish (tests/test_nonfinite.py)
     exact_nonfinite: bool = False
+    # True when the algorithm applies ``spec.flip`` itself: it takes the user's weights as they
+    # are and returns a weight gradient in the user's orientation, sparing dispatch a flipped
+    # copy of the weights (unshared weights are the largest operand: ~1 ms a copy on unshared_lc)
+    flips: bool = False
     description: str = ""
     # spec -> predicted seconds; the `guess` policy ranks applicable algorithms by it
     estimate: Callable = None
@@ -54,6 +59,11 @@ class Algorithm:
         if bad:
             raise ValueError(f"unknown directions {sorted(bad)} for algorithm {self.name!r}")
         object.__setattr__(self, "directions", frozenset(self.run))
+
+    def compute(self, spec, a, b):
+        """``run[spec.direction]`` on canonical operands whose weights are already flipped when
+        ``spec.flip`` (the contract of every algorithm that does not flip itself)."""
+        return self.run[spec.direction](spec.correlation if self.flips else spec, a, b)
 
     def applicable(self, spec):
         """True when this algorithm implements ``spec.direction`` and supports the problem."""

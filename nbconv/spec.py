@@ -69,6 +69,12 @@ class ConvSpec:
     def __hash__(self):
         return self._hash
 
+    @cached_property
+    def correlation(self):
+        """This problem with ``flip=False``: what an algorithm computes on weights already
+        flipped (see :func:`nbconv.dispatch.execute`)."""
+        return replace(self, flip=False) if self.flip else self
+
     # -- shapes of the three arrays, canonical (5-D / 8-D) and as the user sees them -------------
     @cached_property
     def x_shape(self):

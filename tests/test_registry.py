@@ -119,3 +119,40 @@ def test_named_algorithm_matches_direct(alg):
                       dtype=np.float64, names={"x": "input", "w": "filters"}))
             continue
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("alg", CPU_ALGOS, ids=lambda a: a.name)
+def test_compute_takes_flipped_weights_whether_or_not_the_algorithm_flips(alg):
+    """``Algorithm.compute`` (what the tuner times and checks) gives every algorithm the same
+    contract, weights already flipped; dispatch's unflipped path (the API's) agrees with it."""
+    from nbconv import dispatch
+
+    rng = np.random.default_rng(17)
+    direct, ran = nbconv.registry.get("direct"), 0
+    for i in range(40):
+        case = random_case(rng, 2, 2 * i, unshared=None if alg.flips or alg.name == "direct" else False,
+                           batch=2)
+        x = rng.standard_normal(case.x_shape)
+        w = rng.standard_normal(case.w_shape)
+        dy = rng.standard_normal(case.y_shape)
+        for d, (a, b) in {"forward": (x, w), "grad_input": (dy, w), "grad_weights": (x, dy)}.items():
+            spec = build(d, 2, case.x_shape, case.w_shape, border_mode=case.border_mode,
+                         subsample=case.subsample, filter_dilation=case.dilation,
+                         num_groups=case.groups, unshared=case.unshared, filter_flip=True,
+                         dtype=np.float64, names={"x": "input", "w": "filters"})
+            if not alg.applicable(spec):
+                continue
+            shapes = {"forward": (spec.x_shape, spec.w_shape), "grad_input": (spec.y_shape, spec.w_shape),
+                      "grad_weights": (spec.x_shape, spec.y_shape)}[d]
+            ca = a.reshape(shapes[0])
+            cb = dispatch.canonical_weights(spec, b) if d != "grad_weights" else b.reshape(shapes[1])
+            want = direct.compute(spec, ca, cb)
+            np.testing.assert_allclose(alg.compute(spec, ca, cb), want, rtol=1e-9,
+                                       atol=1e-9 * (np.abs(want).max() + 1), err_msg=f"{d} {case!r}")
+            user = dispatch.execute(spec, ca, b, algo=alg.name, unflipped=True) if d != "grad_weights" \
+                else dispatch.execute(spec, ca, cb, algo=alg.name)
+            ref = dispatch.execute(spec, ca, cb, algo="direct")
+            np.testing.assert_allclose(user, ref, rtol=1e-9, atol=1e-9 * (np.abs(ref).max() + 1),
+                                       err_msg=f"{d} {case!r}")
+            ran += 1
+    assert ran >= 10, f"{alg.name} applied to only {ran} problem-directions"

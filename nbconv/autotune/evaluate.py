@@ -157,7 +157,7 @@ def _remeasure(spec, names, rounds=7, drop=3.0, keep=None):
 
     timer, d = WallTimer(), spec.direction
     a, b = random_operands(spec, seed=1)
-    fns = {n: registry.get(n).run[d] for n in names}
+    fns = {n: registry.get(n).compute for n in names}
     for fn in fns.values():
         fn(spec, a, b)
     times = {n: [] for n in names}

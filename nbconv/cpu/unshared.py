@@ -46,8 +46,21 @@ def _gather_group(x, c0, Cg, p, OH, OW, sd, sh, sw, dd, dh, dw, pd, ph, pw, patc
         _gather_patch(x, n, c0, Cg, od, oh, ow, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch[n])
 
 
+@njit(inline="always")
+def _reverse_taps(flat, Cg, KK):
+    """Reverse each channel's KK taps of a flat (Cg * KK) patch: all three kernel axes at once.
+    This is filter_flip applied to the (small) patch instead of to the (large) weights."""
+    for c in range(Cg):
+        lo = c * KK
+        hi = lo + KK - 1
+        for t in range(KK // 2):
+            v = flat[lo + t]
+            flat[lo + t] = flat[hi - t]
+            flat[hi - t] = v
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups, nchunks):
+def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups, nchunks, flip):
     N = x.shape[0]
     O, OD, OH, OW, Cg, KD, KH, KW = w.shape
     K = Cg * KD * KH * KW
@@ -62,6 +75,9 @@ def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, group
         for p in range(chunk * P // nchunks, (chunk + 1) * P // nchunks):
             for g in range(groups):
                 _gather_group(x, g * Cg, Cg, p, OH, OW, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch)
+                if flip:
+                    for n in range(N):
+                        _reverse_taps(flat[n], Cg, KD * KH * KW)
                 # four output channels per pass over a patch row: one patch load feeds four
                 # multiply-adds (unshared_lc forward, side by side in one process: 0.94x the time
                 # with two per pass, 0.84x with four)
@@ -102,7 +118,7 @@ def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, group
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _bwd_data_unshared_gemm_kernel(dy, w, dx, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups):
+def _bwd_data_unshared_gemm_kernel(dy, w, dx, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups, flip):
     N, C, D, H, W = dx.shape
     O, OD, OH, OW, Cg, KD, KH, KW = w.shape
     K = Cg * KD * KH * KW
@@ -137,6 +153,8 @@ def _bwd_data_unshared_gemm_kernel(dy, w, dx, sd, sh, sw, dd, dh, dw, pd, ph, pw
                 for k in range(K):
                     flat[k] += gv * wrow[k]
                 o += 1
+            if flip:
+                _reverse_taps(flat, Cg, KD * KH * KW)
             d0, h0, w0 = od * sd - pd, oh * sh - ph, ow * sw - pw
             interior = (d0 >= 0 and d0 + (KD - 1) * dd < D and h0 >= 0 and h0 + (KH - 1) * dh < H
                         and w0 >= 0 and w0 + (KW - 1) * dw < W)
@@ -161,7 +179,8 @@ def _bwd_data_unshared_gemm_kernel(dy, w, dx, sd, sh, sw, dd, dh, dw, pd, ph, pw
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _bwd_filter_unshared_gemm_kernel(x, dy, dwt, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups, nchunks):
+def _bwd_filter_unshared_gemm_kernel(x, dy, dwt, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups, nchunks,
+                                     flip):
     N = x.shape[0]
     O, OD, OH, OW, Cg, KD, KH, KW = dwt.shape
     K = Cg * KD * KH * KW
@@ -175,6 +194,9 @@ def _bwd_filter_unshared_gemm_kernel(x, dy, dwt, sd, sh, sw, dd, dh, dw, pd, ph,
         for p in range(chunk * P // nchunks, (chunk + 1) * P // nchunks):
             for g in range(groups):
                 _gather_group(x, g * Cg, Cg, p, OH, OW, sd, sh, sw, dd, dh, dw, pd, ph, pw, patch)
+                if flip:
+                    for n in range(N):
+                        _reverse_taps(flat[n], Cg, KD * KH * KW)
                 for o in range(g * Og, (g + 1) * Og):
                     drow = dw2[o, p]
                     drow[:] = 0.0
@@ -214,17 +236,17 @@ def workspace(spec):
 
 def forward(spec, x, w):
     y = np.empty(spec.y_shape, dtype=spec.np_dtype)
-    _fwd_unshared_gemm_kernel(x, w, y, *_params(spec), _chunks(spec))
+    _fwd_unshared_gemm_kernel(x, w, y, *_params(spec), _chunks(spec), spec.flip)
     return y
 
 
 def grad_input(spec, dy, w):
     dx = np.empty(spec.x_shape, dtype=spec.np_dtype)
-    _bwd_data_unshared_gemm_kernel(dy, w, dx, *_params(spec))
+    _bwd_data_unshared_gemm_kernel(dy, w, dx, *_params(spec), spec.flip)
     return dx
 
 
 def grad_weights(spec, x, dy):
     dwt = np.empty(spec.w_shape, dtype=spec.np_dtype)
-    _bwd_filter_unshared_gemm_kernel(x, dy, dwt, *_params(spec), _chunks(spec))
+    _bwd_filter_unshared_gemm_kernel(x, dy, dwt, *_params(spec), _chunks(spec), spec.flip)
     return dwt
