@@ -72,7 +72,7 @@ def _winograd_estimate(spec):
 
 _register("winograd", winograd,
           "F(4x4, 3x3) Winograd: tile transforms around 36 stacked GEMMs; stride 1, kernels up to 3x3",
-          _winograd_estimate)
+          _winograd_estimate, flips=True)
 
 from . import grouped  # noqa: E402
 

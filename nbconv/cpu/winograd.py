@@ -94,12 +94,13 @@ def _g_rows(s0, s1, s2, o0, o1, o2, o3, o4, o5, r6, r12, r24):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _weight_transform(w, U, transposed, a0):
+def _weight_transform(w, U, transposed, a0, flip):
     """U[xi, g, a - a0, b*KD + kd] = (G f G^T)[xi] for the 3x3 filter f of (a, b, kd) in group g,
     for the U.shape[2] rows a0 <= a < a0 + U.shape[2] of every group.
 
     Forward: f = w[g*Og + a, b, kd]. Transposed (grad-input): f = w[g*Og + b, a, KD-1-kd]
-    reversed in both spatial axes. Vectorised over all (b, kd) of a row at once, in the dtype of
+    reversed in both spatial axes. ``flip`` (filter_flip, applied here rather than to a copy of
+    the weights) reverses f in all three axes once more. Vectorised over all (b, kd) of a row at once, in the dtype of
     U (float64 intermediates changed float32 results by < 1e-7 relative and took 1.8x longer).
     """
     O, Cg, KD = w.shape[0], w.shape[1], w.shape[2]
@@ -116,6 +117,19 @@ def _weight_transform(w, U, transposed, a0):
         if transposed:
             src = w6[g, :, a]  # (Og, KD, 9), b's blocks Cg*KD*9 apart: read block by block
             for b in range(Og):
+                for kd in range(KD):
+                    r = b * KD + kd
+                    if flip:
+                        s9 = src[b, kd]
+                        for k in range(9):
+                            f[k, r] = s9[k]
+                    else:
+                        s9 = src[b, KD - 1 - kd]
+                        for k in range(9):
+                            f[k, r] = s9[8 - k]
+        elif flip:
+            src = w6[g, a]  # (Cg, KD, 9)
+            for b in range(Cg):
                 for kd in range(KD):
                     s9 = src[b, KD - 1 - kd]
                     r = b * KD + kd
@@ -523,14 +537,19 @@ class _Chunk:
 
 
 def _correlate(spec, plan, inp, w, transposed, out):
-    """out = the stride-1 correlation of inp with the weights (plan's geometry)."""
+    """out = the stride-1 correlation of inp with the weights (plan's geometry), flipped first
+    when ``spec.flip`` (the algorithm is registered with ``flips=True``)."""
     G, R, A, Ab = spec.groups, plan.R, plan.A, plan.Ab
     dh, dw = spec.dilation[1], spec.dilation[2]
+    flip = spec.flip
+    if flip and spec.kernel[1:] != (3, 3):
+        # smaller kernels sit at the start of the 3x3 window: reversing the window would move them
+        w, flip = np.ascontiguousarray(w[..., ::-1, ::-1, ::-1]), False
     w3 = _weights3(spec, w)
     ub = np.empty(_NX * G * Ab * R, dtype=spec.np_dtype)
     if Ab == A:
         U = ub.reshape(_NX, G, A, R)
-        _weight_transform(w3, U, transposed, 0)
+        _weight_transform(w3, U, transposed, 0, flip)
     ch = _Chunk(spec, plan)
     for r0, nr in _chunks(plan):
         V, M, T = ch.views(nr)
@@ -542,7 +561,7 @@ def _correlate(spec, plan, inp, w, transposed, out):
             for a0 in range(0, A, Ab):
                 ab = min(Ab, A - a0)
                 Ub = ub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
-                _weight_transform(w3, Ub, transposed, a0)
+                _weight_transform(w3, Ub, transposed, a0, flip)
                 np.matmul(Ub, V4, out=M4[:, :, a0:a0 + ab])
         _output_transform(M, out, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
                           plan.cls_out, dw, plan.OWb)
@@ -589,7 +608,9 @@ def grad_weights(spec, x, dy):
             np.matmul(md[:, :, a0:a0 + ab], vt, out=dU)
             _weight_adjoint(dU, dw3, a0, i > 0)
     KH, KW = spec.kernel[1], spec.kernel[2]
-    return dw3 if (KH, KW) == (3, 3) else np.ascontiguousarray(dw3[..., :KH, :KW])
+    dw = dw3 if (KH, KW) == (3, 3) else dw3[..., :KH, :KW]
+    # the gradient of the user's weights: reversed back when the weights were flipped
+    return np.ascontiguousarray(dw[..., ::-1, ::-1, ::-1] if spec.flip else dw)
 
 
 def cost(spec):
