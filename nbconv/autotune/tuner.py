@@ -409,7 +409,7 @@ def _runoff(ok, factor, rounds, budget, min_repeat, timer, algs, call, fresh, a0
     if len(finalists) < 2:
         return
     # calls per block: the run-off spends about twice the first pass's budget per finalist
-    per_block = max(1, min(min_repeat, round(2 * budget / (rounds * best))))
+    per_block = min_repeat if best <= 0 else max(1, min(min_repeat, round(2 * budget / (rounds * best))))
     operands = {m.candidate.algorithm: (fresh(a0), fresh(b0)) for m in finalists}
     for r in range(rounds):
         for m in finalists if r % 2 == 0 else finalists[::-1]:
