@@ -64,15 +64,29 @@ def _blas():
         return "unknown"
 
 
+def _cuda_runtime(cuda):
+    """The CUDA runtime (libcudart) version, as "major.minor".
+    Guarded on its own: a GPU whose libcudart cannot be found is still fingerprinted."""
+    try:
+        return ".".join(map(str, cuda.runtime.get_version()))
+    except Exception as exc:  # noqa: BLE001
+        return f"unavailable ({type(exc).__name__})"
+
+
 def _cuda():
     try:
+        import numba
         from numba import cuda
 
+        if numba.config.ENABLE_CUDASIM:  # no device or driver to ask; its own section
+            return {"gpu": "CUDA simulator", "compute_capability": list(cuda.current_context().compute_capability),
+                    "driver": "simulator", "runtime": _cuda_runtime(cuda)}
         dev = cuda.get_current_device()
         return {
             "gpu": dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name),
             "compute_capability": list(dev.compute_capability),
             "driver": str(cuda.cudadrv.driver.driver.get_version()),
+            "runtime": _cuda_runtime(cuda),
         }
     except Exception as exc:  # noqa: BLE001  (no GPU, no driver: still a fingerprint)
         return {"gpu": f"unavailable ({type(exc).__name__})"}

@@ -65,29 +65,19 @@ def _torch_or_reason():
 
 
 def _time_numba(fn, repeat):
-    from numba import cuda
+    """Median milliseconds of ``fn`` by CUDA events, as the tuner times candidates."""
+    from ..autotune.timing import CudaEventTimer
 
-    def event():
-        try:
-            return cuda.event(timing=True)
-        except TypeError:  # the simulator's events take no arguments (and time nothing)
-            return cuda.event()
-
-    times = []
-    for _ in range(repeat):
-        start, end = event(), event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    timer = CudaEventTimer()
+    return statistics.median([timer(None, fn) * 1e3 for _ in range(repeat)])
 
 
 def _time_torch(torch, fn, repeat):
+    """The same for PyTorch: events on its current stream, after a synchronisation."""
     times = []
     for _ in range(repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()  # earlier work (the warm-up) stays out of the interval
         start.record()
         fn()
         end.record()
