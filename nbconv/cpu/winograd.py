@@ -514,13 +514,19 @@ def _chunks(plan):
 
 
 class _Chunk:
-    """The V and M buffers of one call (sized for the largest chunk), viewed per chunk."""
+    """The V and M buffers of one call (sized for the largest chunk), viewed per chunk, and the
+    transformed weights U (or their gradient dU).
 
-    def __init__(self, spec, plan):
+    All three come from im2col's per-thread scratch block, kept between calls: allocated per
+    call, they were unmapped and page-faulted in again whenever another algorithm ran in between
+    (the tuner's alternating run-off measured winograd on ResNet's 3x3 layers 1.3-1.5x slower
+    than back to back, so im2col won rows it loses in a network)."""
+
+    def __init__(self, spec, plan, u_elements):
         self.spec, self.plan = spec, plan
         T = plan.nr * plan.ntw
-        self.vb = np.empty(_NX * plan.ci * spec.kernel[0] * T, dtype=spec.np_dtype)
-        self.mb = np.empty(_NX * plan.co * T, dtype=spec.np_dtype)
+        self.vb, self.mb, self.ub = im2col._scratch_arrays(
+            spec.np_dtype, _NX * plan.ci * spec.kernel[0] * T, _NX * plan.co * T, u_elements)
 
     def views(self, nr):
         p, KD = self.plan, self.spec.kernel[0]
@@ -546,11 +552,11 @@ def _correlate(spec, plan, inp, w, transposed, out):
         # smaller kernels sit at the start of the 3x3 window: reversing the window would move them
         w, flip = np.ascontiguousarray(w[..., ::-1, ::-1, ::-1]), False
     w3 = _weights3(spec, w)
-    ub = np.empty(_NX * G * Ab * R, dtype=spec.np_dtype)
+    ch = _Chunk(spec, plan, _NX * G * Ab * R)
+    ub = ch.ub
     if Ab == A:
         U = ub.reshape(_NX, G, A, R)
         _weight_transform(w3, U, transposed, 0, flip)
-    ch = _Chunk(spec, plan)
     for r0, nr in _chunks(plan):
         V, M, T = ch.views(nr)
         ch.input_transform(inp, V, r0, nr)
@@ -592,9 +598,9 @@ def grad_weights(spec, x, dy):
     # each chunk's dU, a block of rows at a time, goes straight through the adjoint transform
     # into dw, so a large dU never leaves the cache (ResNet's 3x3 at 7x7, 512 channels: 39 ms
     # single-threaded with the whole 36 MiB dU summed over chunks, then one adjoint; 32 ms so)
-    dub = np.empty(_NX * G * Ab * R, dtype=spec.np_dtype)
     dw3 = np.empty(spec.w_shape[:3] + (3, 3), dtype=spec.np_dtype)
-    ch = _Chunk(spec, plan)
+    ch = _Chunk(spec, plan, _NX * G * Ab * R)
+    dub = ch.ub
     for i, (r0, nr) in enumerate(_chunks(plan)):
         V, Md, T = ch.views(nr)
         ch.input_transform(x, V, r0, nr)
