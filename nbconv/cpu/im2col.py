@@ -293,6 +293,11 @@ def workspace(spec):
     return _plan(spec)[2]
 
 
+def release_scratch():
+    """Drop this thread's scratch block (it is allocated again by the next call that needs it)."""
+    _scratch.block = None
+
+
 def _scratch_arrays(dtype, *counts):
     """1-D arrays of ``counts`` elements, 64-byte aligned, carved from this thread's scratch block
     (never returned to the caller: results are always fresh arrays)."""
