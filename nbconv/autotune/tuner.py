@@ -394,8 +394,7 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
     ok = [m for m in ms if m.status == "ok"]
     if runoff and runoff_rounds and len(ok) > 1:
         _runoff(ok, runoff, runoff_rounds, budget, min_repeat, timer,
-                {m.candidate.algorithm: a for a in applicable for m in ok
-                 if a.name == m.candidate.algorithm}, call, fresh, a0, b0, spec)
+                {a.name: a for a in applicable}, call, fresh, a0, b0, spec)
         ok = [m for m in ms if m.status == "ok"]
     winner = None
     if ok:
