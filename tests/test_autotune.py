@@ -258,6 +258,42 @@ def test_the_run_off_decides_over_a_first_pass_disturbed_by_load():
     assert r.winner.algorithm == "t_b"  # without it, the burst decides
 
 
+def test_a_run_off_whose_halves_disagree_is_extended():
+    """t_a is faster in quiet rounds (1 ms against t_b's steady 1.2 ms); a burst of load covers
+    the last four of the first six run-off rounds (t_a 1.6 ms there). Those six alone make t_b
+    the winner, but their halves disagree, so more rounds follow, which the burst no longer
+    reaches."""
+    spec = _spec()
+    algs = [_alg("t_a"), _alg("t_b")]
+    block = 2  # round(2 * 0.006 / (6 * 1e-3))
+    times_a = [1e-3] * 3 + [1e-3] * (2 * block) + [1.6e-3] * (4 * block) + [1e-3] * 100
+    timer = FakeTimer({"t_a": times_a, "t_b": 1.2e-3})
+    r = tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.006,
+                  min_repeat=3, max_repeat=3, runoff_rounds=6, runoff_extend=2)
+    a, b = r.measurements
+    # after 12 rounds the first half (2 quiet, 4 disturbed rounds) still names t_b: 18 rounds
+    assert len(a.runoff) == len(b.runoff) == 18 * block
+    assert r.winner.algorithm == "t_a"
+    timer = FakeTimer({"t_a": times_a, "t_b": 1.2e-3})
+    r = tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.006,
+                  min_repeat=3, max_repeat=3, runoff_rounds=6, runoff_extend=0)
+    assert len(r.measurements[0].runoff) == 6 * block and r.winner.algorithm == "t_b"
+
+
+def test_a_run_off_is_extended_at_most_runoff_extend_times():
+    """t_a's run-off rounds go quiet (1 ms) and disturbed (1.6 ms) as 3 quiet, 3 disturbed, 6
+    quiet, 6 disturbed, then quiet: the halves disagree after 6, 12, 18 and 24 rounds."""
+    spec = _spec()
+    algs = [_alg("t_a"), _alg("t_b")]
+    quiet, burst = [1e-3] * 2, [1.6e-3] * 2  # one round: 2 calls
+    times_a = [1e-3] * 3 + quiet * 3 + burst * 3 + quiet * 6 + burst * 6 + quiet * 100
+    for extend in (2, 3):
+        r = tune_spec(spec, algorithms=algs, reference=algs[0], budget=0.006, min_repeat=3,
+                      max_repeat=3, runoff_rounds=6, runoff_extend=extend,
+                      timer=FakeTimer({"t_a": times_a, "t_b": 1.2e-3}))
+        assert len(r.measurements[1].runoff) == 6 * (1 + extend) * 2
+
+
 def test_a_hopeless_estimate_is_not_run_and_a_hopeless_warm_up_not_timed():
     spec = _spec()
     ref = _direct(spec, *random_operands(spec))  # compiled now: the calls below do no JIT work

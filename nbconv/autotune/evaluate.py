@@ -173,10 +173,11 @@ def _remeasure(spec, names, rounds=7, drop=3.0, keep=None):
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def stability(workload="demo", processes=10, directions=None, rounds=7):
+def stability(workload="demo", processes=10, directions=None, rounds=7, keep=None):
     """Tune ``workload`` in ``processes`` fresh processes (each into its own database); then
     re-measure each row's candidates side by side to find the rows whose two fastest candidates
-    differ by more than 10 %, and count how many processes agree on those rows' winner."""
+    differ by more than 10 %, and count how many processes agree on those rows' winner.
+    ``keep``: a directory to write the databases to (kept for inspection; default temporary)."""
     from ..problems import load_workload
     from ..spec import DIRECTIONS
     from ..threads import get_num_threads
@@ -184,6 +185,9 @@ def stability(workload="demo", processes=10, directions=None, rounds=7):
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            tmp = keep
         for i in range(processes):
             path = os.path.join(tmp, f"db{i}.json")
             cmd = [sys.executable, "-m", "nbconv", "tune", workload, "--db", path]
@@ -243,6 +247,7 @@ def main(argv=None):
     s.add_argument("--processes", type=int, default=10)
     s.add_argument("--directions", nargs="+")
     s.add_argument("--rounds", type=int, default=7)
+    s.add_argument("--keep", metavar="DIR", help="write the databases to DIR and keep them")
     args = parser.parse_args(argv)
     print(f"load average before: {_load()}", flush=True)
     if args.what == "overhead":
@@ -253,7 +258,7 @@ def main(argv=None):
         db = args.db or os.path.join(tempfile.mkdtemp(prefix="nbconv-regret-"), "tuning.json")
         regret(args.workload, db, args.rounds, directions=args.directions)
     else:
-        stability(args.workload, args.processes, args.directions, args.rounds)
+        stability(args.workload, args.processes, args.directions, args.rounds, args.keep)
     print(f"load average after: {_load()}")
     return 0
 

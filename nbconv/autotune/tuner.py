@@ -24,7 +24,10 @@ candidate timed right after another algorithm ran 2-10x slower than in a run of 
 4. a run-off between the candidates whose median came within ``runoff`` of the best: they are
    timed again in alternating blocks (an untimed call, then timed calls; the block order reversed
    every round), so that a change of machine load during the first pass, which timed them one
-   after the other, weighs on all of them alike. The run-off's medians then decide.
+   after the other, weighs on all of them alike. The run-off's medians then decide. When the
+   first and the second half of its rounds, taken alone, name different winners, the decision is
+   still at the mercy of the noise: another ``runoff_rounds`` rounds follow, up to
+   ``runoff_extend`` times.
 
 The winner is the lowest median; candidates within ``tie`` (relative) of it are a tie broken by
 registration order, so repeated tunings pick the same algorithm. Candidates run on random operands
@@ -59,7 +62,12 @@ PRUNE = 1.5
 #: a burst of load during winograd's first pass on ResNet's 512-channel 3x3 layer (17.3 ms
 #: against 8.8-9.2 ms in quiet runs) put it 1.4x behind im2col, out of a 1.3x run-off
 RUNOFF = 2.0
-RUNOFF_ROUNDS = 4
+#: 4 rounds of up to 3 calls left ResNet's 56x56 grad-weights (im2col 12 % ahead of winograd when
+#: re-measured) and C3D's grad-weights (winograd 27 % ahead) at 8 or 9 of 10 processes agreeing: a
+#: burst of load over two of a finalist's four blocks moved its median past the gap. Six rounds,
+#: extended while the halves disagree, cost 3-6 % more tuning time on the suite
+RUNOFF_ROUNDS = 6
+RUNOFF_EXTEND = 2
 PRUNE_FIRST = 2.0
 #: a warm-up call that did no JIT work yet took this many times the best median prunes its
 #: candidate without a timed call: first calls can be slow for other reasons (scratch buffers
@@ -277,7 +285,7 @@ def _error(exc):
 def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFERENCE,
               budget=None, tie=None, min_repeat=MIN_REPEAT, max_repeat=MAX_REPEAT, prune=PRUNE,
               prune_first=PRUNE_FIRST, prune_warmup=PRUNE_WARMUP, skip=SKIP, runoff=RUNOFF,
-              runoff_rounds=RUNOFF_ROUNDS, operands=None, seed=0):
+              runoff_rounds=RUNOFF_ROUNDS, runoff_extend=RUNOFF_EXTEND, operands=None, seed=0):
     """Measure every applicable candidate for ``spec`` and pick the winner (see the module doc).
 
     ``algorithms``: the Algorithm objects to consider (default: the registry's for ``device``, in
@@ -393,17 +401,24 @@ def tune_spec(spec, *, device="cpu", timer=None, algorithms=None, reference=REFE
     ms = [measurements[a.name] for a in applicable]  # report in registration order
     ok = [m for m in ms if m.status == "ok"]
     if runoff and runoff_rounds and len(ok) > 1:
-        _runoff(ok, runoff, runoff_rounds, budget, min_repeat, timer,
+        _runoff(ok, runoff, runoff_rounds, runoff_extend, tie, budget, min_repeat, timer,
                 {a.name: a for a in applicable}, call, fresh, a0, b0, spec)
         ok = [m for m in ms if m.status == "ok"]
-    winner = None
-    if ok:
-        fastest = min(m.score for m in ok)
-        winner = next(m.candidate for m in ok if m.score <= fastest * (1 + tie))
-    return Result(spec, device, winner, ms, guess.name if guess else None, measured_at)
+    winner = _pick(ok, lambda m: m.score, tie)
+    return Result(spec, device, winner.candidate if winner else None, ms,
+                  guess.name if guess else None, measured_at)
 
 
-def _runoff(ok, factor, rounds, budget, min_repeat, timer, algs, call, fresh, a0, b0, spec):
+def _pick(ms, score, tie):
+    """The first of ``ms`` (registration order) whose score is within ``tie`` of the lowest."""
+    if not ms:
+        return None
+    fastest = min(score(m) for m in ms)
+    return next(m for m in ms if score(m) <= fastest * (1 + tie))
+
+
+def _runoff(ok, factor, rounds, extend, tie, budget, min_repeat, timer, algs, call, fresh, a0,
+            b0, spec):
     best = min(m.median for m in ok)
     finalists = [m for m in ok if m.median <= factor * best]
     if len(finalists) < 2:
@@ -411,7 +426,12 @@ def _runoff(ok, factor, rounds, budget, min_repeat, timer, algs, call, fresh, a0
     # calls per block: the run-off spends about twice the first pass's budget per finalist
     per_block = min_repeat if best <= 0 else max(1, min(min_repeat, round(2 * budget / (rounds * best))))
     operands = {m.candidate.algorithm: (fresh(a0), fresh(b0)) for m in finalists}
-    for r in range(rounds):
+    done = 0
+    for r in range(rounds * (1 + max(0, extend))):
+        if r == done + rounds:
+            done = r
+            if _settled([m for m in finalists if m.status == "ok"], per_block, tie):
+                return
         for m in finalists if r % 2 == 0 else finalists[::-1]:
             if m.status != "ok":
                 continue
@@ -422,6 +442,17 @@ def _runoff(ok, factor, rounds, budget, min_repeat, timer, algs, call, fresh, a0
                 m.runoff.extend(timer(m.candidate, fn, spec) for _ in range(per_block))
             except Exception as exc:  # noqa: BLE001
                 m.status, m.error, m.times, m.runoff = "failed", _error(exc), [], []
+
+
+def _settled(finalists, per_block, tie):
+    """Whether the run-off's first and second half of rounds, each alone, pick the winner that
+    all its rounds pick."""
+    if len(finalists) < 2:
+        return True
+    half = len(finalists[0].runoff) // per_block // 2 * per_block
+    whole = _pick(finalists, lambda m: np.median(m.runoff), tie)
+    return all(_pick(finalists, lambda m, s=s: np.median(m.runoff[s]), tie) is whole
+               for s in (slice(None, half), slice(half, None)))
 
 
 def _estimate(alg, spec):
