@@ -258,20 +258,25 @@ def test_the_run_off_decides_over_a_first_pass_disturbed_by_load():
     assert r.winner.algorithm == "t_b"  # without it, the burst decides
 
 
+def _rounds(pattern, quiet=1e-3, burst=1.6e-3, calls=2):
+    """Run-off times of ``calls`` calls per round: 'Q' a quiet round, 'B' one under load."""
+    return [quiet if c == "Q" else burst for c in pattern for _ in range(calls)]
+
+
 def test_a_run_off_whose_halves_disagree_is_extended():
     """t_a is faster in quiet rounds (1 ms against t_b's steady 1.2 ms); a burst of load covers
-    the last four of the first six run-off rounds (t_a 1.6 ms there). Those six alone make t_b
-    the winner, but their halves disagree, so more rounds follow, which the burst no longer
+    five of the first six run-off rounds (t_a 1.6 ms there). Those six alone make t_b the
+    winner, but their halves disagree, so more rounds follow, which the burst no longer
     reaches."""
     spec = _spec()
     algs = [_alg("t_a"), _alg("t_b")]
     block = 2  # round(2 * 0.006 / (6 * 1e-3))
-    times_a = [1e-3] * 3 + [1e-3] * (2 * block) + [1.6e-3] * (4 * block) + [1e-3] * 100
+    times_a = [1e-3] * 3 + _rounds("QBBBBB" + "Q" * 30, calls=block)
     timer = FakeTimer({"t_a": times_a, "t_b": 1.2e-3})
     r = tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.006,
                   min_repeat=3, max_repeat=3, runoff_rounds=6, runoff_extend=2)
     a, b = r.measurements
-    # after 12 rounds the first half (2 quiet, 4 disturbed rounds) still names t_b: 18 rounds
+    # after 12 rounds the first half (1 quiet, 5 disturbed rounds) still names t_b: 18 rounds
     assert len(a.runoff) == len(b.runoff) == 18 * block
     assert r.winner.algorithm == "t_a"
     timer = FakeTimer({"t_a": times_a, "t_b": 1.2e-3})
@@ -281,17 +286,29 @@ def test_a_run_off_whose_halves_disagree_is_extended():
 
 
 def test_a_run_off_is_extended_at_most_runoff_extend_times():
-    """t_a's run-off rounds go quiet (1 ms) and disturbed (1.6 ms) as 3 quiet, 3 disturbed, 6
-    quiet, 6 disturbed, then quiet: the halves disagree after 6, 12, 18 and 24 rounds."""
+    """t_a's rounds, 3 quiet, 15 disturbed, then quiet, leave the halves disagreeing after 6,
+    12, 18 and 24 rounds."""
     spec = _spec()
     algs = [_alg("t_a"), _alg("t_b")]
-    quiet, burst = [1e-3] * 2, [1.6e-3] * 2  # one round: 2 calls
-    times_a = [1e-3] * 3 + quiet * 3 + burst * 3 + quiet * 6 + burst * 6 + quiet * 100
-    for extend in (2, 3):
+    times_a = [1e-3] * 3 + _rounds("Q" * 3 + "B" * 15 + "Q" * 30)
+    for extend in (1, 2, 3):
         r = tune_spec(spec, algorithms=algs, reference=algs[0], budget=0.006, min_repeat=3,
                       max_repeat=3, runoff_rounds=6, runoff_extend=extend,
                       timer=FakeTimer({"t_a": times_a, "t_b": 1.2e-3}))
         assert len(r.measurements[1].runoff) == 6 * (1 + extend) * 2
+
+
+def test_the_run_off_decides_by_its_lower_quartile():
+    """A stretch of load slowed 2 of every 3 of t_a's run-off calls 2x: its median says 2 ms,
+    behind t_b's 1.5 ms; its quiet calls (1 ms) are what the algorithm costs."""
+    spec = _spec()
+    algs = [_alg("t_a"), _alg("t_b")]
+    timer = FakeTimer({"t_a": [1e-3] * 3 + [1e-3, 2e-3, 2e-3] * 40, "t_b": 1.5e-3})
+    r = tune_spec(spec, algorithms=algs, reference=algs[0], timer=timer, budget=0.006,
+                  min_repeat=3, max_repeat=3)
+    a, b = r.measurements
+    assert np.median(a.runoff) == pytest.approx(2e-3) and r.winner.algorithm == "t_a"
+    assert r.to_record({})["candidates"][0]["runoff_q25_s"] == pytest.approx(a.score)
 
 
 def test_a_hopeless_estimate_is_not_run_and_a_hopeless_warm_up_not_timed():
