@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 
 def _load():
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -135,7 +137,7 @@ def regret(workload="suite", db=None, rounds=5, drop=3.0, directions=None):
                 continue
             chosen = rec["winner"]["algorithm"]
             names = [c["algorithm"] for c in rec["candidates"] if c["status"] != "failed"]
-            med = _remeasure(spec, names, rounds, drop, keep=chosen)
+            med = _stat(_remeasure(spec, names, rounds, drop, keep=chosen), 50)
             fastest = min(med, key=med.get)
             ratio = med[chosen] / med[fastest]
             ratios.append(ratio)
@@ -148,14 +150,14 @@ def regret(workload="suite", db=None, rounds=5, drop=3.0, directions=None):
 
 
 def _remeasure(spec, names, rounds=7, drop=3.0, keep=None):
-    """Medians of the candidates ``names`` for ``spec``, timed side by side in rounds (each visit
-    an untimed call, then a timed one); a candidate ``drop`` times slower than the best after the
-    first round is left out."""
+    """The times of the candidates ``names`` for ``spec``, timed side by side in rounds (each visit an untimed call, then a timed one). A
+    candidate whose fastest of the first three rounds is ``drop`` times the best such time is left
+    out: one burst of load in a single first round dropped a tied candidate."""
     from .. import registry
     from .timing import WallTimer
     from .tuner import random_operands
 
-    timer, d = WallTimer(), spec.direction
+    timer = WallTimer()
     a, b = random_operands(spec, seed=1)
     fns = {n: registry.get(n).compute for n in names}
     for fn in fns.values():
@@ -167,16 +169,22 @@ def _remeasure(spec, names, rounds=7, drop=3.0, keep=None):
             # rounds spread a change of machine load over all candidates alike
             fns[n](spec, a, b)
             times[n].append(timer(None, lambda fn=fns[n]: fn(spec, a, b), spec))
-        if r == 0:
-            best = min(t[0] for t in times.values())
-            times = {n: t for n, t in times.items() if t[0] <= drop * best or n == keep}
-    return {n: statistics.median(t) for n, t in times.items()}
+        if r == min(2, rounds - 1):
+            best = min(min(t) for t in times.values())
+            times = {n: t for n, t in times.items() if min(t) <= drop * best or n == keep}
+    return times
+
+
+def _stat(times, q):
+    """The ``q``-th percentile of each candidate's times."""
+    return {n: float(np.percentile(t, q)) for n, t in times.items()}
 
 
 def stability(workload="demo", processes=10, directions=None, rounds=7, keep=None):
     """Tune ``workload`` in ``processes`` fresh processes (each into its own database); then
     re-measure each row's candidates side by side to find the rows whose two fastest candidates
-    differ by more than 10 %, and count how many processes agree on those rows' winner.
+    differ by more than 10 % (by the medians, and by the lower quartiles the tuner decides by),
+    and count how many processes agree on those rows' winner.
     ``keep``: a directory to write the databases to (kept for inspection; default temporary)."""
     from ..problems import load_workload
     from ..spec import DIRECTIONS
@@ -202,8 +210,8 @@ def stability(workload="demo", processes=10, directions=None, rounds=7, keep=Non
             print(f"process {i + 1}/{processes}: {len(sec['records'])} records in "
                   f"{time.perf_counter() - t0:.1f} s; load {_load()}", flush=True)
     threads = get_num_threads()
-    clear, agreeing = 0, 0
-    print(f"{'winners (count)':44s} {'gap':>6s}  re-measured medians (ms); problem")
+    clear, agreeing = {50: 0, 25: 0}, {50: 0, 25: 0}
+    print(f"{'winners (count)':44s} {'gap':>6s} {'q25':>6s}  re-measured medians (ms); problem")
     for p in load_workload(workload)[1]:
         for d in directions or DIRECTIONS:
             spec = p.spec(d)
@@ -214,19 +222,23 @@ def stability(workload="demo", processes=10, directions=None, rounds=7, keep=Non
             counts = {w: winners.count(w) for w in set(winners)}
             names = sorted({c["algorithm"] for r in runs if key in r for c in r[key]["candidates"]
                             if c.get("status") != "failed"})
-            med = _remeasure(spec, names, rounds)
-            two = sorted(med.values())[:2]
-            gap = two[1] / two[0] - 1 if len(two) == 2 else math.inf
-            top = max(counts.values())
-            if gap > 0.10:
-                clear += 1
-                agreeing += top >= math.ceil(0.9 * processes)
+            times = _remeasure(spec, names, rounds)
+            top, gaps = max(counts.values()), {}
+            for q in (50, 25):
+                two = sorted(_stat(times, q).values())[:2]
+                gaps[q] = two[1] / two[0] - 1 if len(two) == 2 else math.inf
+                if gaps[q] > 0.10:
+                    clear[q] += 1
+                    agreeing[q] += top >= math.ceil(0.9 * processes)
             desc = ", ".join(f"{w} ({n})" for w, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            med = _stat(times, 50)
             detail = " ".join(f"{n}={v * 1e3:.3f}" for n, v in sorted(med.items(), key=lambda kv: kv[1])[:3])
-            print(f"{desc[:44]:44s} {min(gap, 99.99) * 100:5.0f}%  {detail}; {p.name} {d}", flush=True)
-    print(f"rows whose two fastest candidates differ by > 10 % (re-measured, {rounds} interleaved "
-          f"rounds): {clear}; the same winner in >= 90 % of {processes} processes for {agreeing} "
-          f"of them")
+            print(f"{desc[:44]:44s} {min(gaps[50], 99.99) * 100:5.0f}% {min(gaps[25], 99.99) * 100:5.0f}%  "
+                  f"{detail}; {p.name} {d}", flush=True)
+    for q, what in ((50, "medians"), (25, "lower quartiles")):
+        print(f"rows whose two fastest candidates differ by > 10 % (re-measured {what}, {rounds} "
+              f"interleaved rounds): {clear[q]}; the same winner in >= 90 % of {processes} processes "
+              f"for {agreeing[q]} of them")
 
 
 def main(argv=None):
