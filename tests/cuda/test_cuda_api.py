@@ -48,6 +48,32 @@ def test_interface_objects_are_used_in_place(monkeypatch):
     assert compare(host(y), R.conv2d(X, W, filter_flip=False), np.float32, 20.0) is None
 
 
+def test_an_algorithm_that_flips_itself_gets_the_users_weights(monkeypatch):
+    """Algorithm.flips on the GPU as on the CPU: the front copies no flipped weights for an
+    algorithm that applies the flip itself, and leaves its weight gradient as it returns it."""
+    direct = registry.get("direct", "cuda")
+    seen = {}
+
+    def fwd(spec, a, b):  # flips in its own way: a flipped copy, then the correlation
+        seen["b"] = b
+        return direct.run["forward"](spec.correlation, a, arrays.flip_kernel_axes(b))
+
+    def gw(spec, a, b):  # the user's orientation: the correlation's gradient, flipped back
+        return arrays.flip_kernel_axes(direct.run["grad_weights"](spec.correlation, a, b))
+
+    alg = registry.Algorithm("t_flips", "cuda", {"forward": fwd, "grad_weights": gw}, flips=True)
+    monkeypatch.setitem(registry._REGISTRY, ("cuda", "t_flips"), alg)
+    wd = device(W)
+    y = nbconv.conv2d(device(X), wd, border_mode=1, algo="t_flips")
+    assert pointer(seen["b"]) == pointer(wd)  # no copy: the weights as the user passed them
+    assert compare(host(y), R.conv2d(X, W, 1), np.float32, 20.0) is None
+    dy = RNG.standard_normal(y.shape).astype(np.float32)
+    dw = nbconv.conv2d_grad_wrt_weights(device(X), device(dy), W.shape, border_mode=1,
+                                        algo="t_flips")
+    ref = R.conv2d_grad_wrt_weights(X, dy, W.shape, 1)
+    assert compare(host(dw), ref, np.float32, 20.0) is None
+
+
 def test_flip_and_layout_copies_happen_on_the_device(monkeypatch):
     """Flipped weights and a non-contiguous input are copied once each, on the device."""
     xs = device(X, "strided")
