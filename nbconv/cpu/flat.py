@@ -47,6 +47,17 @@ def _pad_into(src, dst, pd, ph, pw):
                 dst[c, pd + i, ph + j, pw:pw + W] = src[c, i, j]
 
 
+@njit(cache=True)
+def _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp):
+    """Each tap's offset on the flattened padded grid, taps in the weights' (kd, kh, kw) order."""
+    offs = np.empty(KD * KH * KW, dtype=np.int64)
+    for kd in range(KD):
+        for kh in range(KH):
+            for kw in range(KW):
+                offs[(kd * KH + kh) * KW + kw] = (kd * dd * Hp + kh * dh) * Wp + kw * dw
+    return offs
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups):
     N = x.shape[0]
@@ -55,6 +66,9 @@ def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups):
     Hp, Wp = xp.shape[2], xp.shape[3]
     L = acc.shape[0]
     Og = O // groups
+    KK = KD * KH * KW
+    offs = _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp)
+    wf = w.reshape((O, Cg, KK))
     for n in range(N):
         _pad_into(x[n], xp, pd, ph, pw)
         xf = xp.reshape(xp.shape[0], -1)
@@ -63,13 +77,32 @@ def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups):
             acc[:] = 0.0
             for c in range(Cg):
                 xc = xf[c0 + c]
-                for kd in range(KD):
-                    for kh in range(KH):
-                        for kw in range(KW):
-                            wv = w[o, c, kd, kh, kw]
-                            xs = xc[(kd * dd * Hp + kh * dh) * Wp + kw * dw:]
-                            for p in range(L):
-                                acc[p] += wv * xs[p]
+                wr = wf[o, c]
+                # eight taps per pass over acc, whatever kernel row they are on: a pass costs a
+                # load and a store of acc besides its multiply-adds (LeNet's 5x5, kernel alone:
+                # 9.3 us with one tap per pass, 6.9 with four, 6.5 with eight)
+                t = 0
+                while t + 7 < KK:
+                    w0, w1, w2, w3 = wr[t], wr[t + 1], wr[t + 2], wr[t + 3]
+                    w4, w5, w6, w7 = wr[t + 4], wr[t + 5], wr[t + 6], wr[t + 7]
+                    x0, x1, x2, x3 = xc[offs[t]:], xc[offs[t + 1]:], xc[offs[t + 2]:], xc[offs[t + 3]:]
+                    x4, x5, x6, x7 = xc[offs[t + 4]:], xc[offs[t + 5]:], xc[offs[t + 6]:], xc[offs[t + 7]:]
+                    for p in range(L):
+                        acc[p] += ((w0 * x0[p] + w1 * x1[p]) + (w2 * x2[p] + w3 * x3[p])) + (
+                            (w4 * x4[p] + w5 * x5[p]) + (w6 * x6[p] + w7 * x7[p]))
+                    t += 8
+                while t + 3 < KK:
+                    w0, w1, w2, w3 = wr[t], wr[t + 1], wr[t + 2], wr[t + 3]
+                    x0, x1, x2, x3 = xc[offs[t]:], xc[offs[t + 1]:], xc[offs[t + 2]:], xc[offs[t + 3]:]
+                    for p in range(L):
+                        acc[p] += (w0 * x0[p] + w1 * x1[p]) + (w2 * x2[p] + w3 * x3[p])
+                    t += 4
+                while t < KK:
+                    wv = wr[t]
+                    xs = xc[offs[t]:]
+                    for p in range(L):
+                        acc[p] += wv * xs[p]
+                    t += 1
             for od in range(OD):
                 for oh in range(OH):
                     b = (od * Hp + oh) * Wp
@@ -80,7 +113,6 @@ def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups):
 def _wide(dy_n, dyw):
     """dyw (O, L') = dy_n (O, OD, OH, OW) laid on the padded grid, zeros beyond each row."""
     O, OD, OH, OW = dy_n.shape
-    Hp, Wp = dyw.shape[2], dyw.shape[3]
     dyw[:] = 0.0
     for o in range(O):
         for od in range(OD):
@@ -128,6 +160,9 @@ def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups)
     OD, OH, OW = dy.shape[2], dy.shape[3], dy.shape[4]
     L = (OD - 1) * Hp * Wp + (OH - 1) * Wp + OW
     Og = O // groups
+    KK = KD * KH * KW
+    offs = _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp)
+    dwf = dwt.reshape((O, Cg, KK))
     dwt[:] = 0.0
     for n in range(N):
         _pad_into(x[n], xp, pd, ph, pw)
@@ -139,14 +174,27 @@ def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups)
             d = dyf[o]
             for c in range(Cg):
                 xc = xf[c0 + c]
-                for kd in range(KD):
-                    for kh in range(KH):
-                        for kw in range(KW):
-                            xs = xc[(kd * dd * Hp + kh * dh) * Wp + kw * dw:]
-                            acc = dwt[o, c, kd, kh, kw]
-                            for p in range(L):
-                                acc += d[p] * xs[p]
-                            dwt[o, c, kd, kh, kw] = acc
+                dr = dwf[o, c]
+                # four taps per pass: one load of dy feeds four multiply-adds
+                t = 0
+                while t + 3 < KK:
+                    x0, x1, x2, x3 = xc[offs[t]:], xc[offs[t + 1]:], xc[offs[t + 2]:], xc[offs[t + 3]:]
+                    a0, a1, a2, a3 = dr[t], dr[t + 1], dr[t + 2], dr[t + 3]
+                    for p in range(L):
+                        v = d[p]
+                        a0 += v * x0[p]
+                        a1 += v * x1[p]
+                        a2 += v * x2[p]
+                        a3 += v * x3[p]
+                    dr[t], dr[t + 1], dr[t + 2], dr[t + 3] = a0, a1, a2, a3
+                    t += 4
+                while t < KK:
+                    xs = xc[offs[t]:]
+                    acc = dr[t]
+                    for p in range(L):
+                        acc += d[p] * xs[p]
+                    dr[t] = acc
+                    t += 1
 
 
 def _args(spec):
