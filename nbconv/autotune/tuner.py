@@ -24,15 +24,16 @@ candidate timed right after another algorithm ran 2-10x slower than in a run of 
 4. a run-off between the candidates whose median came within ``runoff`` of the best: they are
    timed again in alternating blocks (an untimed call, then timed calls; the block order reversed
    every round), so that a change of machine load during the first pass, which timed them one
-   after the other, weighs on all of them alike. The run-off's lower quartiles then decide. When the
-   first and the second half of its rounds, taken alone, name different winners, the decision is
-   still at the mercy of the noise: another ``runoff_rounds`` rounds follow, up to
+   after the other, weighs on all of them alike. The run-off's lower quartiles then decide. When
+   the first and the second half of its rounds, taken alone, name different winners, the
+   decision is still at the mercy of the noise: another ``runoff_rounds`` rounds follow, up to
    ``runoff_extend`` times.
 
-The winner is the lowest median; candidates within ``tie`` (relative) of it are a tie broken by
-registration order, so repeated tunings pick the same algorithm. Candidates run on random operands
-of the problem's shapes (fixed seed), never on a user's arrays: nothing of the user's is written,
-and the stored decision does not depend on one batch's values (NaN, denormals).
+The winner has the lowest score (the run-off's lower quartile, else the first pass's median);
+candidates within ``tie`` (relative) of it are a tie broken by registration order, so repeated
+tunings pick the same algorithm. Candidates run on random operands of the problem's shapes (fixed
+seed), never on a user's arrays: nothing of the user's is written, and the stored decision does
+not depend on one batch's values (NaN, denormals).
 """
 from __future__ import annotations
 
