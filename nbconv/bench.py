@@ -340,13 +340,16 @@ class LocalWorker:
 
 
 def worker_env():
-    """The environment a worker starts with: this one, less the wait policy that nbconv's import
-    put there (a worker's own nbconv import sets it again; torch must not inherit it)."""
+    """The environment a worker starts with: this one, less the wait policy and OpenBLAS timeout
+    that nbconv's import put there (a worker's own nbconv import sets them again; torch must not
+    inherit them)."""
     from . import threads
 
     env = dict(os.environ)
     if getattr(threads, "WAIT_POLICY_SET", False) and env.get("OMP_WAIT_POLICY") == "PASSIVE":
         del env["OMP_WAIT_POLICY"]
+    if threads.BLAS_TIMEOUT_SET and env.get("OPENBLAS_THREAD_TIMEOUT") == threads.BLAS_TIMEOUT:
+        del env["OPENBLAS_THREAD_TIMEOUT"]
     return env
 
 

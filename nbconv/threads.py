@@ -13,8 +13,16 @@ after an im2col kernel then shares the cores with spinning workers: measured on 
 futex wake-up per kernel launch instead (microseconds; the kernels run for milliseconds). libgomp
 reads the variable once, when it is loaded, which Numba does when its threads are first launched
 (``numba.set_num_threads`` below), so it is set here, before that, unless the user chose a policy
-or spin count. OpenBLAS's idle threads, by contrast, yield the CPU: a Numba kernel right after an
-sgemm measured as fast as one after a pause, so the BLAS side needs no setting.
+or spin count.
+
+OpenBLAS's idle threads do the same for 2^28 cycles (~0.1 s here) after every multi-threaded call,
+calling sched_yield in a loop, which still takes a share of the cores: measured side by side, a
+Numba-heavy winograd call on ResNet's 7x7 3x3 layer took 11.4 ms in the 0.1 s after an sgemm and 9.0
+ms otherwise, and im2col on the strided 3x3 layer (whose own kernels follow its GEMMs) 15.3 ms
+against 12.8. ``OPENBLAS_THREAD_TIMEOUT=14`` (2^14 cycles, microseconds) removes both; the price is a
+wake-up per GEMM. OpenBLAS reads it when its thread server starts, usually at ``import numpy``,
+before nbconv could set it, so :func:`_openblas_timeout` also restarts the server of every OpenBLAS
+already loaded (the path OpenBLAS itself takes after a fork) unless the user chose a timeout.
 
 Numba's count is per calling thread (``numba.set_num_threads`` is thread-local); the BLAS limit is
 process-wide. Call :func:`set_num_threads` from the thread that runs the convolutions.
@@ -35,6 +43,32 @@ ENV_VAR = "NBCONV_NUM_THREADS"
 WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
 if WAIT_POLICY_SET:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+#: the same for OpenBLAS's spin (see the module doc)
+BLAS_TIMEOUT = "14"
+BLAS_TIMEOUT_SET = "OPENBLAS_THREAD_TIMEOUT" not in os.environ
+if BLAS_TIMEOUT_SET:
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = BLAS_TIMEOUT
+
+
+def _openblas_timeout(controller):
+    """Make every loaded OpenBLAS re-read its environment and restart its thread server at its
+    next call, so that the timeout set above applies. Returns how many were restarted."""
+    n = 0
+    for lib in controller.lib_controllers:
+        if lib.internal_api != "openblas":
+            continue
+        dll = lib.dynlib
+        read_env = getattr(dll, "openblas_read_env", None)
+        shutdown = getattr(dll, "blas_thread_shutdown_", None)
+        timeout = getattr(dll, "openblas_thread_timeout", None)
+        if read_env is None or shutdown is None or timeout is None:
+            continue
+        read_env()
+        if timeout() != int(os.environ["OPENBLAS_THREAD_TIMEOUT"]):
+            continue  # not the variable this build reads: leave it alone
+        shutdown()  # no BLAS call runs now: this is an import
+        n += 1
+    return n
 
 _num_threads = None
 
@@ -86,4 +120,6 @@ def _initial():
     return _check(n, ENV_VAR)
 
 
+if BLAS_TIMEOUT_SET:
+    _openblas_timeout(ThreadpoolController())
 set_num_threads(_initial())
