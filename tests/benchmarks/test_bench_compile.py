@@ -62,7 +62,9 @@ def compile_fresh(used):
     """Compile every recorded kernel again, uncached; returns the seconds per kernel."""
     times = {}
     for disp, sig in used.items():
-        fresh = numba.njit(**disp.targetoptions)(disp.py_func)
+        # njit's own option, warned about when passed back to it
+        options = {k: v for k, v in disp.targetoptions.items() if k != "nopython"}
+        fresh = numba.njit(**options)(disp.py_func)
         t0 = time.perf_counter()
         fresh.compile(sig)
         times[disp.py_func.__qualname__] = time.perf_counter() - t0
