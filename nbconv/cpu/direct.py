@@ -23,6 +23,20 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 @njit(inline="always")
+def _dot4(v, u0, u1, u2, u3, n, s0, s1, s2, s3):
+    """(s0 + v . u0, ..., s3 + v . u3) over the first n elements: one load of v feeds four
+    multiply-adds (the register-blocked inner loop of flat's grad-weights and unshared_gemm's
+    forward; inlined, so the caller's fastmath flags let LLVM vectorise it)."""
+    for k in range(n):
+        x = v[k]
+        s0 += x * u0[k]
+        s1 += x * u1[k]
+        s2 += x * u2[k]
+        s3 += x * u3[k]
+    return s0, s1, s2, s3
+
+
+@njit(inline="always")
 def _col_range(off, s, n_in, n_out):
     """Output columns j in [lo, hi) whose input column j*s + off lies in [0, n_in)."""
     lo = max(0, -(off // s))

@@ -14,7 +14,7 @@ shorter than waking Numba's worker pool (see :mod:`nbconv.cpu.direct_serial`).
 import numpy as np
 from numba import njit
 
-from .direct import _FASTMATH
+from .direct import _FASTMATH, _dot4
 
 
 def supports(spec):
@@ -178,15 +178,9 @@ def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups)
                 # four taps per pass: one load of dy feeds four multiply-adds
                 t = 0
                 while t + 3 < KK:
-                    x0, x1, x2, x3 = xc[offs[t]:], xc[offs[t + 1]:], xc[offs[t + 2]:], xc[offs[t + 3]:]
-                    a0, a1, a2, a3 = dr[t], dr[t + 1], dr[t + 2], dr[t + 3]
-                    for p in range(L):
-                        v = d[p]
-                        a0 += v * x0[p]
-                        a1 += v * x1[p]
-                        a2 += v * x2[p]
-                        a3 += v * x3[p]
-                    dr[t], dr[t + 1], dr[t + 2], dr[t + 3] = a0, a1, a2, a3
+                    dr[t], dr[t + 1], dr[t + 2], dr[t + 3] = _dot4(
+                        d, xc[offs[t]:], xc[offs[t + 1]:], xc[offs[t + 2]:], xc[offs[t + 3]:], L,
+                        dr[t], dr[t + 1], dr[t + 2], dr[t + 3])
                     t += 4
                 while t < KK:
                     xs = xc[offs[t]:]

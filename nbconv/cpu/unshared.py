@@ -14,7 +14,7 @@ position owns its outputs and weights; a chunk reuses one patch buffer), grad-in
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .direct import _FASTMATH, _params
+from .direct import _FASTMATH, _dot4, _params
 
 
 @njit(inline="always")
@@ -88,18 +88,10 @@ def _fwd_unshared_gemm_kernel(x, w, y, sd, sh, sw, dd, dh, dw, pd, ph, pw, group
                     wrow2 = w2[o + 2, p]
                     wrow3 = w2[o + 3, p]
                     for n in range(N):
-                        prow = flat[n]
                         y2[n, o, p] = 0.0
-                        acc0 = y2[n, o, p]
-                        acc1 = acc0
-                        acc2 = acc0
-                        acc3 = acc0
-                        for k in range(K):
-                            v = prow[k]
-                            acc0 += v * wrow0[k]
-                            acc1 += v * wrow1[k]
-                            acc2 += v * wrow2[k]
-                            acc3 += v * wrow3[k]
+                        zero = y2[n, o, p]
+                        acc0, acc1, acc2, acc3 = _dot4(flat[n], wrow0, wrow1, wrow2, wrow3, K,
+                                                       zero, zero, zero, zero)
                         y2[n, o, p] = acc0
                         y2[n, o + 1, p] = acc1
                         y2[n, o + 2, p] = acc2
