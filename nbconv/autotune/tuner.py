@@ -429,12 +429,10 @@ def _runoff(ok, factor, rounds, extend, tie, budget, min_repeat, timer, algs, ca
     # calls per block: the run-off spends about twice the first pass's budget per finalist
     per_block = min_repeat if best <= 0 else max(1, min(min_repeat, round(2 * budget / (rounds * best))))
     operands = {m.candidate.algorithm: (fresh(a0), fresh(b0)) for m in finalists}
-    done = 0
     for r in range(rounds * (1 + max(0, extend))):
-        if r == done + rounds:
-            done = r
-            if _settled([m for m in finalists if m.status == "ok"], per_block, tie):
-                return
+        if r and r % rounds == 0 and _settled([m for m in finalists if m.status == "ok"],
+                                              per_block, tie):
+            return
         for m in finalists if r % 2 == 0 else finalists[::-1]:
             if m.status != "ok":
                 continue
