@@ -44,6 +44,21 @@ _register("depthwise", depthwise,
 _register("im2col", im2col,
           "Caffe's CorrMM: im2col/col2im kernels around BLAS GEMMs, chunked to a workspace limit",
           _im2col_estimate)
+from . import im2col_flat  # noqa: E402
+
+
+def _im2col_flat_estimate(spec):
+    # im2col's GEMMs widened by the junk columns, the column matrix written once in long copies
+    g = im2col_flat._grid(spec)
+    cols = spec.batch * spec.in_channels * prod(spec.kernel) * g.Lb
+    widen = g.Lb / (spec.out_size[0] * spec.out_size[1] * spec.out_size[2])
+    return 4 * _LAUNCH + widen * spec.flops() / 80e9 + cols * spec.np_dtype.itemsize / 20e9
+
+
+_register("im2col_flat", im2col_flat,
+          "im2col over flattened stride-phase planes: one contiguous copy per column row, the GEMMs "
+          "widened by each row's junk columns; whole images per chunk",
+          _im2col_flat_estimate)
 # r50_1x1_14: ~170 GFLOP/s measured, BLAS-bound
 _register("gemm_1x1", gemm1x1, "1x1 kernels: batched GEMMs on views (strided or padded: gathered input)",
           lambda spec: 2 * _LAUNCH + spec.flops() / 150e9, exact_nonfinite=True)

@@ -76,6 +76,10 @@ def set_workspace_limit(nbytes):
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
         raise ValueError(f"workspace limit must be a positive number of bytes, got {nbytes!r}")
     _workspace_limit = int(nbytes)
+    # which algorithms apply (im2col_flat's images must fit) may change: forget cached decisions
+    from .. import dispatch
+
+    dispatch.clear_cache()
 
 
 if os.environ.get("NBCONV_WORKSPACE_LIMIT", "").strip():
@@ -244,6 +248,21 @@ def _col2im_kernel(dcol, dx, n0, nb, p0, L, KD, KH, KW, OD, OH, OW, sd, sh, sw, 
                 else:
                     for j in range((W - r + sw - 1) // sw):
                         dxrow[j * sw + r] += part[j]
+
+
+@njit(parallel=True, cache=True)
+def _transpose_kernel(src, dst):
+    """dst[g] = src[g].T for src (G, A, B), in 32 x 32 tiles. NumPy's strided copy of ResNet's
+    (4608, 512) dW^T measured 11.9 ms: every element of a destination row is a cache miss."""
+    G, A, B = src.shape
+    TA, TB = (A + 31) // 32, (B + 31) // 32
+    for t in prange(G * TA * TB):
+        g = t // (TA * TB)
+        ta = (t // TB) % TA
+        tb = t % TB
+        for j in range(tb * 32, min(B, tb * 32 + 32)):
+            for i in range(ta * 32, min(A, ta * 32 + 32)):
+                dst[g, j, i] = src[g, i, j]
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,5 +460,5 @@ def grad_weights(spec, x, dy):
     if not transposed:
         return out.reshape(spec.w_shape)
     dw = np.empty(spec.w_shape, dtype=spec.np_dtype)
-    np.copyto(dw.reshape(G, Og, ck // G), out.transpose(0, 2, 1))
+    _transpose_kernel(out, dw.reshape(G, Og, ck // G))
     return dw

@@ -1,0 +1,156 @@
+"""im2col_flat: its phase-plane arithmetic, and its chunked paths against the reference.
+
+The registry-parametrized sweeps run it with the default workspace limit, where every small
+problem is one chunk; here the limit is shrunk so problems split into several whole-image chunks,
+or leave the algorithm inapplicable when one image does not fit.
+"""
+import itertools
+
+import numba
+import numpy as np
+import pytest
+import reference as R
+from helpers import DTYPES, Sweep, compare, rand, random_case
+
+import nbconv
+from nbconv.cpu import im2col, im2col_flat
+from nbconv.spec import build
+from nbconv.threads import threads
+
+from test_im2col_blocked import SHAPES
+
+FWD = {2: nbconv.conv2d, 3: nbconv.conv3d}
+GIN = {2: nbconv.conv2d_grad_wrt_inputs, 3: nbconv.conv3d_grad_wrt_inputs}
+GW = {2: nbconv.conv2d_grad_wrt_weights, 3: nbconv.conv3d_grad_wrt_weights}
+
+
+@pytest.fixture
+def limit():
+    saved = im2col.get_workspace_limit()
+    yield im2col.set_workspace_limit
+    im2col.set_workspace_limit(saved)
+
+
+def _spec(case, direction="forward"):
+    return build(direction, case.nd, case.x_shape, case.w_shape, border_mode=case.border_mode,
+                 subsample=case.subsample, filter_dilation=case.dilation, num_groups=case.groups,
+                 unshared=False, filter_flip=case.flip, dtype=case.dtype, names={"x": "x", "w": "w"})
+
+
+def test_every_tap_offset_reads_the_input_point_of_the_definition():
+    """For every real output position and tap, the phase-plane element at position + offset is
+    the padded input point o * stride + k * dilation, and every read of the Lb-long column rows
+    stays inside the planes."""
+    rng = np.random.default_rng(11)
+    checked = 0
+    for idx in range(60):
+        nd = int(rng.integers(1, 4))
+        case = random_case(rng, nd, idx, unshared=False, max_stride=4)
+        spec = _spec(case)
+        g = im2col_flat._grid(spec)
+        plane = g.Dq * g.Hq * g.Wq
+        assert g.PS > plane and g.tap_off.max() + g.Lb <= g.PS
+        (OD, OH, OW), K = spec.out_size, spec.kernel
+        for od, oh, ow in itertools.product(range(OD), range(OH), range(OW)):
+            p = (od * g.Hq + oh) * g.Wq + ow
+            assert p < g.Lb
+            for t, k in enumerate(itertools.product(*map(range, K))):
+                e = p + g.tap_off[t]
+                assert e < plane, (case, k)
+                i, j, l = e // (g.Hq * g.Wq), (e // g.Wq) % g.Hq, e % g.Wq
+                want = [o * s + kk * d for o, s, kk, d in
+                        zip((od, oh, ow), spec.stride, k, spec.dilation)]
+                got = [q * s + r for q, s, r in
+                       zip((i, j, l), spec.stride, g.phases[g.tap_phase[t]])]
+                assert got == want, (case, k, (od, oh, ow))
+                checked += 1
+    assert checked > 1000
+
+
+def _check_case(case, rng):
+    nd = case.nd
+    x = rand(rng, case.x_shape, case.dtype)
+    w = rand(rng, case.w_shape, case.dtype)
+    dy = rand(rng, case.y_shape, case.dtype)
+    kw = dict(subsample=case.subsample, algo="im2col_flat", **case.kwargs())
+    rk = case.ref_kwargs()
+    checks = (
+        (lambda: FWD[nd](x, w, **kw), lambda a, b: R.conv_nd(a, b, **rk), (x, w), case.y_shape),
+        (lambda: GIN[nd](dy, w, case.x_shape, **kw),
+         lambda a, b: R.conv_nd_grad_input(a, b, case.x_shape, **rk), (dy, w), case.x_shape),
+        (lambda: GW[nd](x, dy, case.w_shape, **kw),
+         lambda a, b: R.conv_nd_grad_weights(a, b, case.w_shape, **rk), (x, dy), case.w_shape),
+    )
+    for name, (run, ref, (a, b), shape) in zip(("forward", "grad_input", "grad_weights"), checks):
+        scale = ref(np.abs(a), np.abs(b))
+        msg = compare(run(), ref(a, b), case.dtype, float(scale.max()) if scale.size else 1.0, shape)
+        if msg:
+            return f"{name}: {msg}"
+    return None
+
+
+@pytest.mark.parametrize("images", [1, 2], ids=lambda n: f"{n}_per_chunk")
+@pytest.mark.parametrize("nd", [2, 3])
+def test_chunked_sweep(limit, nd, images):
+    """Several whole-image chunks (and a short last one), strides up to 4, both gradients'
+    GEMM arrangements (dW^T below the transpose threshold, dW above: forced both ways)."""
+    rng = np.random.default_rng(7100 + 10 * nd + images)
+    sweep = Sweep("im2col_flat")
+    for idx in range(20 if nd == 2 else 8):
+        case = random_case(rng, nd, idx, unshared=False, batch=int(rng.integers(2, 6)),
+                           max_spatial=11 if nd == 2 else 6, kmax=5 if nd == 2 else 3, max_stride=4)
+        spec = _spec(case, "grad_weights")
+        per = im2col_flat._per_image(spec) * spec.np_dtype.itemsize
+        limit(images * per + im2col_flat._weights_temp(spec) * spec.np_dtype.itemsize)
+        assert im2col_flat._plan(spec)[0] == min(images, case.x_shape[0])
+        saved = im2col._GW_TRANSPOSE_MAX
+        im2col._GW_TRANSPOSE_MAX = (0, 1 << 30)[idx % 2]
+        try:
+            sweep.run(f"[{idx}] {case!r}", lambda case=case: _check_case(case, rng))
+        finally:
+            im2col._GW_TRANSPOSE_MAX = saved
+    sweep.check()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=range(len(SHAPES)))
+def test_benchmark_like_shapes_with_every_thread_count(shape, dtype):
+    xs, ws, bm, s, d, g = shape
+    rng = np.random.default_rng(8100)
+    x, w = rand(rng, xs, dtype), rand(rng, ws, dtype)
+    kw = {"border_mode": bm, "subsample": s, "filter_dilation": d, "num_groups": g}
+    y_ref = R.conv_nd(x, w, **kw)
+    dy = rand(rng, y_ref.shape, dtype)
+    refs = (
+        (y_ref, R.conv_nd(np.abs(x), np.abs(w), **kw)),
+        (R.conv_nd_grad_input(dy, w, xs, **kw), R.conv_nd_grad_input(np.abs(dy), np.abs(w), xs, **kw)),
+        (R.conv_nd_grad_weights(x, dy, ws, **kw), R.conv_nd_grad_weights(np.abs(x), np.abs(dy), ws, **kw)),
+    )
+    most = numba.config.NUMBA_NUM_THREADS
+    for n in sorted({1, min(2, most), most}):
+        with threads(n):
+            got = (
+                nbconv.conv2d(x, w, algo="im2col_flat", **kw),
+                nbconv.conv2d_grad_wrt_inputs(dy, w, xs, algo="im2col_flat", **kw),
+                nbconv.conv2d_grad_wrt_weights(x, dy, ws, algo="im2col_flat", **kw),
+            )
+        for out, (ref, mag) in zip(got, refs):
+            msg = compare(out, ref, dtype, float(mag.max()), ref.shape)
+            assert msg is None, (n, msg)
+
+
+def test_an_image_over_the_workspace_limit_is_not_applicable(limit):
+    x = np.ones((2, 3, 10, 10), dtype=np.float32)
+    w = np.ones((4, 3, 3, 3), dtype=np.float32)
+    spec = build("forward", 2, x.shape, w.shape, border_mode=1, subsample=(2, 2),
+                 filter_dilation=(1, 1), num_groups=1, unshared=False, filter_flip=True,
+                 dtype=np.float32, names={"x": "x", "w": "w"})
+    per = im2col_flat._per_image(spec) * 4
+    limit(per)
+    assert im2col_flat.supports(spec) and im2col_flat.workspace(spec) <= per
+    np.testing.assert_allclose(nbconv.conv2d(x, w, border_mode=1, subsample=2, algo="im2col_flat"),
+                               R.conv_nd(x, w, border_mode=1, subsample=(2, 2)), rtol=1e-5)
+    limit(per - 1)
+    assert not im2col_flat.supports(spec)
+    with pytest.raises(nbconv.AlgorithmNotApplicable):
+        nbconv.conv2d(x, w, border_mode=1, subsample=2, algo="im2col_flat")
