@@ -72,7 +72,7 @@ _register("direct_serial", direct_serial,
           lambda spec: 1e-6 + spec.flops() / (0.4e9 if spec.unshared else 5e9), exact_nonfinite=True)
 _register("flat", flat,
           "stride 1, single-threaded: each tap one long multiply-add over flattened padded planes",
-          lambda spec: 2e-6 + spec.flops() / 12e9)
+          lambda spec: 2e-6 + spec.flops() / 12e9, flips=True)
 
 from . import winograd  # noqa: E402
 

@@ -11,6 +11,8 @@ output channel, against ~0.5 us here).
 The kernels are compiled without ``parallel``: this algorithm is for problems whose whole run is
 shorter than waking Numba's worker pool (see :mod:`nbconv.cpu.direct_serial`).
 """
+from functools import lru_cache
+
 import numpy as np
 from numba import njit
 
@@ -21,6 +23,7 @@ def supports(spec):
     return not spec.unshared and spec.stride == (1, 1, 1)
 
 
+@lru_cache(maxsize=256)
 def _grid(spec):
     """Padded input grid (Dp, Hp, Wp) and the wide output length L."""
     Dp, Hp, Wp = (i + lo + hi for i, lo, hi in zip(spec.in_size, spec.pad_lo, spec.pad_hi))
@@ -48,18 +51,22 @@ def _pad_into(src, dst, pd, ph, pw):
 
 
 @njit(cache=True)
-def _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp):
-    """Each tap's offset on the flattened padded grid, taps in the weights' (kd, kh, kw) order."""
-    offs = np.empty(KD * KH * KW, dtype=np.int64)
+def _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp, flip):
+    """Each tap's offset on the flattened padded grid, taps in the weights' (kd, kh, kw) order;
+    with ``flip`` in the reverse order, which pairs each weight with the tap of the kernel
+    reversed in all three axes (filter_flip without a flipped copy of the weights)."""
+    KK = KD * KH * KW
+    offs = np.empty(KK, dtype=np.int64)
     for kd in range(KD):
         for kh in range(KH):
             for kw in range(KW):
-                offs[(kd * KH + kh) * KW + kw] = (kd * dd * Hp + kh * dh) * Wp + kw * dw
+                t = (kd * KH + kh) * KW + kw
+                offs[KK - 1 - t if flip else t] = (kd * dd * Hp + kh * dh) * Wp + kw * dw
     return offs
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups):
+def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups, flip):
     N = x.shape[0]
     O, Cg, KD, KH, KW = w.shape
     OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
@@ -67,7 +74,7 @@ def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups):
     L = acc.shape[0]
     Og = O // groups
     KK = KD * KH * KW
-    offs = _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp)
+    offs = _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp, flip)
     wf = w.reshape((O, Cg, KK))
     for n in range(N):
         _pad_into(x[n], xp, pd, ph, pw)
@@ -121,7 +128,7 @@ def _wide(dy_n, dyw):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _bwd_data_flat_kernel(dy, w, dx, dxp, dyw, dd, dh, dw, pd, ph, pw, groups):
+def _bwd_data_flat_kernel(dy, w, dx, dxp, dyw, dd, dh, dw, pd, ph, pw, groups, flip):
     N, C, D, H, W = dx.shape
     O, Cg, KD, KH, KW = w.shape
     Hp, Wp = dxp.shape[2], dxp.shape[3]
@@ -142,7 +149,8 @@ def _bwd_data_flat_kernel(dy, w, dx, dxp, dyw, dd, dh, dw, pd, ph, pw, groups):
                 for kd in range(KD):
                     for kh in range(KH):
                         for kw in range(KW):
-                            wv = w[o, c, kd, kh, kw]
+                            wv = (w[o, c, KD - 1 - kd, KH - 1 - kh, KW - 1 - kw] if flip
+                                  else w[o, c, kd, kh, kw])
                             ds = dxc[(kd * dd * Hp + kh * dh) * Wp + kw * dw:]
                             for p in range(L):
                                 ds[p] += wv * d[p]
@@ -153,7 +161,7 @@ def _bwd_data_flat_kernel(dy, w, dx, dxp, dyw, dd, dh, dw, pd, ph, pw, groups):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups):
+def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups, flip):
     N, C = x.shape[0], x.shape[1]
     O, Cg, KD, KH, KW = dwt.shape
     Hp, Wp = xp.shape[2], xp.shape[3]
@@ -161,7 +169,7 @@ def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups)
     L = (OD - 1) * Hp * Wp + (OH - 1) * Wp + OW
     Og = O // groups
     KK = KD * KH * KW
-    offs = _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp)
+    offs = _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp, flip)
     dwf = dwt.reshape((O, Cg, KK))
     dwt[:] = 0.0
     for n in range(N):
@@ -191,8 +199,9 @@ def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups)
                     t += 1
 
 
+@lru_cache(maxsize=256)
 def _args(spec):
-    return spec.dilation + spec.pad_lo + (spec.groups,)
+    return spec.dilation + spec.pad_lo + (spec.groups, spec.flip)
 
 
 def forward(spec, x, w):
