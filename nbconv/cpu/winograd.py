@@ -51,11 +51,16 @@ _NX = _ALPHA * _ALPHA
 # G's entries as multiplications: without fastmath's 'arcp' LLVM keeps x / 6 a division
 _R6, _R12, _R24 = 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0
 
-# Chunk and block sizes, measured single-threaded (CPU time, float32, forward):
-# - V + M of a chunk near the L2 size when the GEMMs are cheap: ResNet's 3x3 at 56x56 (64
-#   channels) took 12.7-13.4 ms with 1-2 MiB chunks (56-126 tiles), 14.5 with 3.6 MiB, 20.8 with
-#   7 MiB;
-# - but at least as many tiles as channels: the GEMMs' efficiency drops with few columns, (256 x
+# Chunk and block sizes. V + M of a chunk: 8 MiB for forward and grad-input, 32 MiB for
+# grad-weights (whose chunks only add into dU). Measured on 2 threads, wall ms, medians of 3
+# interleaved rounds, chunks of 2 / 8 / 32 MiB: forward ResNet 3x3 at 56x56 11.9 / 10.6 / 11.4,
+# at 7x7 11.1 / 9.5 / 10.6, dilated 33.1 / 32.7 / 33.9, C3D 4.6 / 4.6 / 4.1; grad-input 10.2 / 9.5
+# / 9.4, 12.7 / 11.1 / 12.4, 33.6 / 31.1 / 29.3, 4.9 / 4.6 / 5.6; grad-weights 17.0 / 14.7 / 10.1,
+# 18.0 / 18.3 / 15.8, 39.9 / 38.5 / 32.3, 7.3 / 5.3 / 4.4. (Measured single-threaded before the
+# BLAS pool's idle spinning was cut (nbconv.threads), 1-2 MiB had been best: ResNet's 3x3 at
+# 56x56 forward 12.7-13.4 ms CPU time, 14.5 with 3.6 MiB, 20.8 with 7 MiB.) Forward chunks stay
+# far below 32 MiB also for the peak memory of a forward pass. Besides:
+# - at least as many tiles as channels: the GEMMs' efficiency drops with few columns, (256 x
 #   256) @ (256 x T) ran at 63 GFLOP/s with T = 54 and 88 with T = 216, and the dilated 33x33 case
 #   (256 channels) took 79 ms with 36-tile chunks, 65 with 99, 51 with 162 or 324;
 # - transformed weights of more than half the L3 cache are made per block of output rows just
@@ -63,7 +68,8 @@ _R6, _R12, _R24 = 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0
 #   took 21 ms unblocked (U written to and read back from DRAM), 11.5 with 2-4 MiB blocks and one
 #   chunk, 18-20 with three chunks; the dilated case's 9 MiB U was faster unblocked (52 ms) than
 #   in 4 MiB blocks (61).
-_CHUNK_BYTES = 2 * 2**20
+_CHUNK_BYTES = 8 * 2**20
+_GW_CHUNK_BYTES = 32 * 2**20
 _U_BLOCK = 4 * 2**20
 _U_UNBLOCKED = 16 * 2**20
 _BLOCKED_CHUNK_BYTES = 16 * 2**20
@@ -474,7 +480,8 @@ def _plan_for(spec, limit, threads):
     rows = N * out_size[0] * nth
     if fixed + ntw * per_tile > limit:
         return None
-    tiles = max(min(A, R), _CHUNK_BYTES // per_tile)
+    chunk = _GW_CHUNK_BYTES if spec.direction == GRAD_WEIGHTS else _CHUNK_BYTES
+    tiles = max(min(A, R), chunk // per_tile)
     if nblocks > 1:  # every chunk transforms the weights again
         tiles = max(tiles, _BLOCKED_CHUNK_BYTES // per_tile)
     cap = max(1, min(-(-tiles // ntw), (limit - fixed) // (ntw * per_tile)))
