@@ -36,6 +36,7 @@ BLAS runs from Python between the Numba kernels, never inside a ``prange`` regio
 stay cache-sized and within :func:`nbconv.cpu.im2col.get_workspace_limit`.
 """
 from functools import lru_cache
+from math import prod
 from types import SimpleNamespace
 
 import numpy as np
@@ -58,8 +59,10 @@ _R6, _R12, _R24 = 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0
 # / 9.4, 12.7 / 11.1 / 12.4, 33.6 / 31.1 / 29.3, 4.9 / 4.6 / 5.6; grad-weights 17.0 / 14.7 / 10.1,
 # 18.0 / 18.3 / 15.8, 39.9 / 38.5 / 32.3, 7.3 / 5.3 / 4.4. (Measured single-threaded before the
 # BLAS pool's idle spinning was cut (nbconv.threads), 1-2 MiB had been best: ResNet's 3x3 at
-# 56x56 forward 12.7-13.4 ms CPU time, 14.5 with 3.6 MiB, 20.8 with 7 MiB.) Forward chunks stay
-# far below 32 MiB also for the peak memory of a forward pass. Besides:
+# 56x56 forward 12.7-13.4 ms CPU time, 14.5 with 3.6 MiB, 20.8 with 7 MiB.) Forward and
+# grad-input chunks are also at most the size of the operands (input + output), at least 2 MiB:
+# C3D's forward (3.2 MB of operands, PyTorch's peak 3.1 MiB) peaked at 8.9 MiB with 8 MiB chunks.
+# Besides:
 # - at least as many tiles as channels: the GEMMs' efficiency drops with few columns, (256 x
 #   256) @ (256 x T) ran at 63 GFLOP/s with T = 54 and 88 with T = 216, and the dilated 33x33 case
 #   (256 channels) took 79 ms with 36-tile chunks, 65 with 99, 51 with 162 or 324;
@@ -69,6 +72,7 @@ _R6, _R12, _R24 = 1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0
 #   chunk, 18-20 with three chunks; the dilated case's 9 MiB U was faster unblocked (52 ms) than
 #   in 4 MiB blocks (61).
 _CHUNK_BYTES = 8 * 2**20
+_MIN_CHUNK_BYTES = 2 * 2**20
 _GW_CHUNK_BYTES = 32 * 2**20
 _U_BLOCK = 4 * 2**20
 _U_UNBLOCKED = 16 * 2**20
@@ -480,7 +484,11 @@ def _plan_for(spec, limit, threads):
     rows = N * out_size[0] * nth
     if fixed + ntw * per_tile > limit:
         return None
-    chunk = _GW_CHUNK_BYTES if spec.direction == GRAD_WEIGHTS else _CHUNK_BYTES
+    if spec.direction == GRAD_WEIGHTS:
+        chunk = _GW_CHUNK_BYTES
+    else:  # no more than the operands' own size: a forward pass's peak memory stays in proportion
+        io = N * (ci * prod(in_size) + co * prod(out_size)) * item
+        chunk = min(_CHUNK_BYTES, max(_MIN_CHUNK_BYTES, io))
     tiles = max(min(A, R), chunk // per_tile)
     if nblocks > 1:  # every chunk transforms the weights again
         tiles = max(tiles, _BLOCKED_CHUNK_BYTES // per_tile)
