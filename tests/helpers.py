@@ -283,3 +283,30 @@ def only_unshared(algo):
     shared = build("forward", 2, (1, 2, 5, 5), (3, 2, 3, 3), unshared=False, **kw)
     local = build("forward", 2, (1, 2, 5, 5), (3, 3, 3, 2, 3, 3), unshared=True, **kw)
     return a.applicable(local) and not a.applicable(shared)
+
+
+def check_directions(case, rng, algo):
+    """None, or the first direction whose result under ``algo`` differs from the reference, for
+    random operands of the 2D or 3D ``case``."""
+    nd = case.nd
+    fwd = {2: nbconv.conv2d, 3: nbconv.conv3d}[nd]
+    gin = {2: nbconv.conv2d_grad_wrt_inputs, 3: nbconv.conv3d_grad_wrt_inputs}[nd]
+    gw = {2: nbconv.conv2d_grad_wrt_weights, 3: nbconv.conv3d_grad_wrt_weights}[nd]
+    x = rand(rng, case.x_shape, case.dtype)
+    w = rand(rng, case.w_shape, case.dtype)
+    dy = rand(rng, case.y_shape, case.dtype)
+    kw = dict(subsample=case.subsample, algo=algo, **case.kwargs())
+    rk = case.ref_kwargs()
+    checks = (
+        ("forward", lambda: fwd(x, w, **kw), lambda a, b: R.conv_nd(a, b, **rk), (x, w), case.y_shape),
+        ("grad_input", lambda: gin(dy, w, case.x_shape, **kw),
+         lambda a, b: R.conv_nd_grad_input(a, b, case.x_shape, **rk), (dy, w), case.x_shape),
+        ("grad_weights", lambda: gw(x, dy, case.w_shape, **kw),
+         lambda a, b: R.conv_nd_grad_weights(a, b, case.w_shape, **rk), (x, dy), case.w_shape),
+    )
+    for name, run, ref, (a, b), shape in checks:
+        mag = ref(np.abs(a), np.abs(b))
+        msg = compare(run(), ref(a, b), case.dtype, float(mag.max()) if mag.size else 1.0, shape)
+        if msg:
+            return f"{name}: {msg}"
+    return None

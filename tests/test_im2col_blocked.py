@@ -12,16 +12,12 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from helpers import DTYPES, Sweep, compare, rand, random_case
+from helpers import DTYPES, Sweep, check_directions, compare, rand, random_case
 
 import nbconv
 from nbconv.cpu import im2col
 from nbconv.spec import build
 from nbconv.threads import threads
-
-FWD = {2: nbconv.conv2d, 3: nbconv.conv3d}
-GIN = {2: nbconv.conv2d_grad_wrt_inputs, 3: nbconv.conv3d_grad_wrt_inputs}
-GW = {2: nbconv.conv2d_grad_wrt_weights, 3: nbconv.conv3d_grad_wrt_weights}
 
 # bytes: one output position per chunk, a few positions, part of an image, a few images, all
 LIMITS = (1, 700, 6000, 60000, None)
@@ -45,27 +41,6 @@ def _scale(a):
     return float(np.abs(a).max()) if a.size else 1.0
 
 
-def _check_case(case, rng, nd):
-    """None, or the first direction whose im2col result differs from the reference."""
-    x = rand(rng, case.x_shape, case.dtype)
-    w = rand(rng, case.w_shape, case.dtype)
-    dy = rand(rng, case.y_shape, case.dtype)
-    kw = dict(subsample=case.subsample, algo="im2col", **case.kwargs())
-    rk = case.ref_kwargs()
-    checks = (
-        (lambda: FWD[nd](x, w, **kw), lambda a, b: R.conv_nd(a, b, **rk), (x, w), case.y_shape),
-        (lambda: GIN[nd](dy, w, case.x_shape, **kw),
-         lambda a, b: R.conv_nd_grad_input(a, b, case.x_shape, **rk), (dy, w), case.x_shape),
-        (lambda: GW[nd](x, dy, case.w_shape, **kw),
-         lambda a, b: R.conv_nd_grad_weights(a, b, case.w_shape, **rk), (x, dy), case.w_shape),
-    )
-    for name, (run, ref, (a, b), shape) in zip(("forward", "grad_input", "grad_weights"), checks):
-        msg = compare(run(), ref(a, b), case.dtype, _scale(ref(np.abs(a), np.abs(b))), shape)
-        if msg:
-            return f"{name}: {msg}"
-    return None
-
-
 @pytest.mark.parametrize("limit", LIMITS, ids=lambda v: f"limit{v}")
 @pytest.mark.parametrize("nd", [2, 3])
 def test_chunked_sweep(knobs, nd, limit):
@@ -76,7 +51,7 @@ def test_chunked_sweep(knobs, nd, limit):
         knobs(limit, (0, 1 << 30)[idx % 2], (0, 1 << 30)[(idx // 2) % 2])
         case = random_case(rng, nd, idx, unshared=False, batch=int(rng.integers(1, 6)),
                            max_spatial=11 if nd == 2 else 6, kmax=5 if nd == 2 else 3, max_stride=4)
-        sweep.run(f"[{idx}] {case!r}", lambda case=case: _check_case(case, rng, nd))
+        sweep.run(f"[{idx}] {case!r}", lambda case=case: check_directions(case, rng, "im2col"))
     sweep.check()
 
 
@@ -94,12 +69,11 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("limit", (4000, None), ids=("split", "default"))
-@pytest.mark.parametrize("shape", SHAPES, ids=range(len(SHAPES)))
-def test_strided_and_batched_shapes(knobs, shape, limit, dtype):
+def shape_check(shape, dtype, seed):
+    """A function running the three directions of ``shape`` (a SHAPES entry) under an algorithm
+    and returning the first mismatch with the reference, or None."""
     xs, ws, bm, s, d, g = shape
-    rng = np.random.default_rng(8000)
+    rng = np.random.default_rng(seed)
     x, w = rand(rng, xs, dtype), rand(rng, ws, dtype)
     kw = {"border_mode": bm, "subsample": s, "filter_dilation": d, "num_groups": g}
     y_ref = R.conv_nd(x, w, **kw)
@@ -109,20 +83,35 @@ def test_strided_and_batched_shapes(knobs, shape, limit, dtype):
         (R.conv_nd_grad_input(dy, w, xs, **kw), R.conv_nd_grad_input(np.abs(dy), np.abs(w), xs, **kw)),
         (R.conv_nd_grad_weights(x, dy, ws, **kw), R.conv_nd_grad_weights(np.abs(x), np.abs(dy), ws, **kw)),
     )
+
+    def check(algo):
+        got = (
+            nbconv.conv2d(x, w, algo=algo, **kw),
+            nbconv.conv2d_grad_wrt_inputs(dy, w, xs, algo=algo, **kw),
+            nbconv.conv2d_grad_wrt_weights(x, dy, ws, algo=algo, **kw),
+        )
+        for out, (ref, mag) in zip(got, refs):
+            msg = compare(out, ref, dtype, _scale(mag), ref.shape)
+            if msg:
+                return msg
+        return None
+
+    return check
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("limit", (4000, None), ids=("split", "default"))
+@pytest.mark.parametrize("shape", SHAPES, ids=range(len(SHAPES)))
+def test_strided_and_batched_shapes(knobs, shape, limit, dtype):
+    check = shape_check(shape, dtype, 8000)
     # with every thread count: the kernels divide the columns in one block per thread
     most = numba.config.NUMBA_NUM_THREADS
     counts = sorted({1, min(2, most), most})
     for batch_p, transpose_max, n in itertools.product((1 << 30, 0), (1 << 30, 0), counts):
         knobs(limit, batch_p, transpose_max)
         with threads(n):
-            got = (
-                nbconv.conv2d(x, w, algo="im2col", **kw),
-                nbconv.conv2d_grad_wrt_inputs(dy, w, xs, algo="im2col", **kw),
-                nbconv.conv2d_grad_wrt_weights(x, dy, ws, algo="im2col", **kw),
-            )
-        for out, (ref, mag) in zip(got, refs):
-            msg = compare(out, ref, dtype, _scale(mag), ref.shape)
-            assert msg is None, (batch_p, transpose_max, n, msg)
+            msg = check("im2col")
+        assert msg is None, (batch_p, transpose_max, n, msg)
 
 
 def test_workspace_is_honest(knobs):

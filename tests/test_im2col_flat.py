@@ -10,18 +10,14 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from helpers import DTYPES, Sweep, compare, rand, random_case
+from helpers import DTYPES, Sweep, check_directions, compare, rand, random_case
 
 import nbconv
 from nbconv.cpu import im2col, im2col_flat
 from nbconv.spec import build
 from nbconv.threads import threads
 
-from test_im2col_blocked import SHAPES
-
-FWD = {2: nbconv.conv2d, 3: nbconv.conv3d}
-GIN = {2: nbconv.conv2d_grad_wrt_inputs, 3: nbconv.conv3d_grad_wrt_inputs}
-GW = {2: nbconv.conv2d_grad_wrt_weights, 3: nbconv.conv3d_grad_wrt_weights}
+from test_im2col_blocked import SHAPES, shape_check
 
 
 @pytest.fixture
@@ -67,28 +63,6 @@ def test_every_tap_offset_reads_the_input_point_of_the_definition():
     assert checked > 1000
 
 
-def _check_case(case, rng):
-    nd = case.nd
-    x = rand(rng, case.x_shape, case.dtype)
-    w = rand(rng, case.w_shape, case.dtype)
-    dy = rand(rng, case.y_shape, case.dtype)
-    kw = dict(subsample=case.subsample, algo="im2col_flat", **case.kwargs())
-    rk = case.ref_kwargs()
-    checks = (
-        (lambda: FWD[nd](x, w, **kw), lambda a, b: R.conv_nd(a, b, **rk), (x, w), case.y_shape),
-        (lambda: GIN[nd](dy, w, case.x_shape, **kw),
-         lambda a, b: R.conv_nd_grad_input(a, b, case.x_shape, **rk), (dy, w), case.x_shape),
-        (lambda: GW[nd](x, dy, case.w_shape, **kw),
-         lambda a, b: R.conv_nd_grad_weights(a, b, case.w_shape, **rk), (x, dy), case.w_shape),
-    )
-    for name, (run, ref, (a, b), shape) in zip(("forward", "grad_input", "grad_weights"), checks):
-        scale = ref(np.abs(a), np.abs(b))
-        msg = compare(run(), ref(a, b), case.dtype, float(scale.max()) if scale.size else 1.0, shape)
-        if msg:
-            return f"{name}: {msg}"
-    return None
-
-
 @pytest.mark.parametrize("images", [1, 2], ids=lambda n: f"{n}_per_chunk")
 @pytest.mark.parametrize("nd", [2, 3])
 def test_chunked_sweep(limit, nd, images):
@@ -106,7 +80,7 @@ def test_chunked_sweep(limit, nd, images):
         saved = im2col._GW_TRANSPOSE_MAX
         im2col._GW_TRANSPOSE_MAX = (0, 1 << 30)[idx % 2]
         try:
-            sweep.run(f"[{idx}] {case!r}", lambda case=case: _check_case(case, rng))
+            sweep.run(f"[{idx}] {case!r}", lambda case=case: check_directions(case, rng, "im2col_flat"))
         finally:
             im2col._GW_TRANSPOSE_MAX = saved
     sweep.check()
@@ -115,28 +89,12 @@ def test_chunked_sweep(limit, nd, images):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", SHAPES, ids=range(len(SHAPES)))
 def test_benchmark_like_shapes_with_every_thread_count(shape, dtype):
-    xs, ws, bm, s, d, g = shape
-    rng = np.random.default_rng(8100)
-    x, w = rand(rng, xs, dtype), rand(rng, ws, dtype)
-    kw = {"border_mode": bm, "subsample": s, "filter_dilation": d, "num_groups": g}
-    y_ref = R.conv_nd(x, w, **kw)
-    dy = rand(rng, y_ref.shape, dtype)
-    refs = (
-        (y_ref, R.conv_nd(np.abs(x), np.abs(w), **kw)),
-        (R.conv_nd_grad_input(dy, w, xs, **kw), R.conv_nd_grad_input(np.abs(dy), np.abs(w), xs, **kw)),
-        (R.conv_nd_grad_weights(x, dy, ws, **kw), R.conv_nd_grad_weights(np.abs(x), np.abs(dy), ws, **kw)),
-    )
+    check = shape_check(shape, dtype, 8100)
     most = numba.config.NUMBA_NUM_THREADS
     for n in sorted({1, min(2, most), most}):
         with threads(n):
-            got = (
-                nbconv.conv2d(x, w, algo="im2col_flat", **kw),
-                nbconv.conv2d_grad_wrt_inputs(dy, w, xs, algo="im2col_flat", **kw),
-                nbconv.conv2d_grad_wrt_weights(x, dy, ws, algo="im2col_flat", **kw),
-            )
-        for out, (ref, mag) in zip(got, refs):
-            msg = compare(out, ref, dtype, float(mag.max()), ref.shape)
-            assert msg is None, (n, msg)
+            msg = check("im2col_flat")
+        assert msg is None, (n, msg)
 
 
 def test_an_image_over_the_workspace_limit_is_not_applicable(limit):

@@ -421,6 +421,17 @@ def grad_input(spec, dy, w):
     return dx
 
 
+def _gw_product(cg, d, transposed, first, out, part):
+    """out = (first chunk) or += one chunk's grad-weights product: dW^T = cg @ d^T when
+    ``transposed``, else dW = d @ cg^T, for the columns cg (G, CgK, n) and dy d (G, Og, n)."""
+    a, b = (cg, d.transpose(0, 2, 1)) if transposed else (d, cg.transpose(0, 2, 1))
+    if first:
+        np.matmul(a, b, out=out)
+    else:
+        np.matmul(a, b, out=part)
+        out += part
+
+
 def grad_weights(spec, x, dy):
     N, G, Og, ck = spec.batch, spec.groups, spec.group_out, spec.in_channels * _taps(spec)
     P = _positions(spec)
@@ -450,13 +461,7 @@ def grad_weights(spec, x, dy):
             d = gather[:G * Og * m * l].reshape(G, Og, m, l)
             np.copyto(d, dyv[n0:n0 + m].transpose(1, 2, 0, 3))
             d = d.reshape(G, Og, m * l)
-        cg = col.reshape(G, ck // G, m * l)
-        a, b = (cg, d.transpose(0, 2, 1)) if transposed else (d, cg.transpose(0, 2, 1))
-        if i == 0:
-            np.matmul(a, b, out=out)
-        else:
-            np.matmul(a, b, out=tmp)
-            out += tmp
+        _gw_product(col.reshape(G, ck // G, m * l), d, transposed, i == 0, out, tmp)
     if not transposed:
         return out.reshape(spec.w_shape)
     dw = np.empty(spec.w_shape, dtype=spec.np_dtype)

@@ -29,7 +29,7 @@ from numba import njit, prange
 from ..spec import GRAD_WEIGHTS
 from . import im2col as _im2col
 from .direct import _FASTMATH
-from .im2col import _copy, _fill_zero, _scratch_arrays, _transpose_kernel
+from .im2col import _copy, _fill_zero, _gw_product, _scratch_arrays, _transpose_kernel
 
 Grid = namedtuple("Grid", "Dq Hq Wq Lb PS phases phase_index tap_phase tap_off")
 
@@ -313,13 +313,7 @@ def grad_weights(spec, x, dy):
         _flat_im2col_kernel(x, col, n0, m, g.Lb, *_planes_args(spec, g))
         D = tmp[:spec.out_channels * n].reshape(spec.out_channels, n)
         _expand_kernel(dy, D, n0, m, g.Lb, g.Hq, g.Wq)
-        cg, Dg = col.reshape(G, ck // G, n), D.reshape(G, Og, n)
-        a, b = (cg, Dg.transpose(0, 2, 1)) if transposed else (Dg, cg.transpose(0, 2, 1))
-        if i == 0:
-            np.matmul(a, b, out=out)
-        else:
-            np.matmul(a, b, out=part)
-            out += part
+        _gw_product(col.reshape(G, ck // G, n), D.reshape(G, Og, n), transposed, i == 0, out, part)
     if transposed:
         _transpose_kernel(out, dwg)
     return dw
