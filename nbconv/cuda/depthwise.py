@@ -22,6 +22,7 @@ import functools
 from numba import cuda
 
 from . import direct, launch
+from .index import fed, unravel5
 from .launch import ceil_div, empty, grid1d, nb_type, zero
 
 
@@ -89,30 +90,20 @@ def _bwd_data_depthwise_kernel(dy, w, dx, zero, sd, sh, sw, dd, dh, dw, pd, ph, 
     OD, OH, OW = dy.shape[2], dy.shape[3], dy.shape[4]
     Og = O // C
     for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = t % W
-        r = t // W
-        ih = r % H
-        r //= H
-        idd = r % D
-        r //= D
-        c = r % C
-        n = r // C
+        n, c, idd, ih, iw = unravel5(t, C, D, H, W)
         acc = zero
         for kd in range(KD):
-            td = idd + pd - kd * dd
-            if td < 0 or td % sd != 0 or td // sd >= OD:
+            od = fed(idd, kd, pd, dd, sd, OD)
+            if od < 0:
                 continue
-            od = td // sd
             for kh in range(KH):
-                th = ih + ph - kh * dh
-                if th < 0 or th % sh != 0 or th // sh >= OH:
+                oh = fed(ih, kh, ph, dh, sh, OH)
+                if oh < 0:
                     continue
-                oh = th // sh
                 for kw in range(KW):
-                    tw = iw + pw - kw * dw
-                    if tw < 0 or tw % sw != 0 or tw // sw >= OW:
+                    ow = fed(iw, kw, pw, dw, sw, OW)
+                    if ow < 0:
                         continue
-                    ow = tw // sw
                     for o in range(c * Og, (c + 1) * Og):
                         acc += dy[n, o, od, oh, ow] * w[o, 0, kd, kh, kw]
         dx[n, c, idd, ih, iw] = acc

@@ -21,6 +21,7 @@ import functools
 from numba import cuda
 
 from . import launch
+from .index import fed, unravel5
 from .launch import empty, grid1d, nb_type, zero
 
 
@@ -31,14 +32,7 @@ def _fwd_direct_kernel(x, w, y, zero, sd, sh, sw, dd, dh, dw, pd, ph, pw, groups
     OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
     Og = O // groups
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        ow = t % OW
-        r = t // OW
-        oh = r % OH
-        r //= OH
-        od = r % OD
-        r //= OD
-        o = r % O
-        n = r // O
+        n, o, od, oh, ow = unravel5(t, O, OD, OH, OW)
         c0 = (o // Og) * Cg
         acc = zero
         for c in range(Cg):
@@ -64,33 +58,23 @@ def _bwd_data_direct_kernel(dy, w, dx, zero, sd, sh, sw, dd, dh, dw, pd, ph, pw,
     OD, OH, OW = dy.shape[2], dy.shape[3], dy.shape[4]
     Og = O // groups
     for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = t % W
-        r = t // W
-        ih = r % H
-        r //= H
-        idd = r % D
-        r //= D
-        ci = r % C
-        n = r // C
+        n, ci, idd, ih, iw = unravel5(t, C, D, H, W)
         g = ci // Cg
         c = ci - g * Cg
         acc = zero
         for o in range(g * Og, (g + 1) * Og):
             for kd in range(KD):
-                td = idd + pd - kd * dd
-                if td < 0 or td % sd != 0 or td // sd >= OD:
+                od = fed(idd, kd, pd, dd, sd, OD)
+                if od < 0:
                     continue
-                od = td // sd
                 for kh in range(KH):
-                    th = ih + ph - kh * dh
-                    if th < 0 or th % sh != 0 or th // sh >= OH:
+                    oh = fed(ih, kh, ph, dh, sh, OH)
+                    if oh < 0:
                         continue
-                    oh = th // sh
                     for kw in range(KW):
-                        tw = iw + pw - kw * dw
-                        if tw < 0 or tw % sw != 0 or tw // sw >= OW:
-                            continue
-                        acc += dy[n, o, od, oh, tw // sw] * w[o, c, kd, kh, kw]
+                        ow = fed(iw, kw, pw, dw, sw, OW)
+                        if ow >= 0:
+                            acc += dy[n, o, od, oh, ow] * w[o, c, kd, kh, kw]
         dx[n, ci, idd, ih, iw] = acc
 
 
@@ -167,14 +151,7 @@ def _fwd_unshared_direct_kernel(x, w, y, zero, sd, sh, sw, dd, dh, dw, pd, ph, p
     O, OD, OH, OW, Cg, KD, KH, KW = w.shape
     Og = O // groups
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        ow = t % OW
-        r = t // OW
-        oh = r % OH
-        r //= OH
-        od = r % OD
-        r //= OD
-        o = r % O
-        n = r // O
+        n, o, od, oh, ow = unravel5(t, O, OD, OH, OW)
         c0 = (o // Og) * Cg
         acc = zero
         for c in range(Cg):
@@ -199,34 +176,23 @@ def _bwd_data_unshared_direct_kernel(dy, w, dx, zero, sd, sh, sw, dd, dh, dw, pd
     O, OD, OH, OW, Cg, KD, KH, KW = w.shape
     Og = O // groups
     for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = t % W
-        r = t // W
-        ih = r % H
-        r //= H
-        idd = r % D
-        r //= D
-        ci = r % C
-        n = r // C
+        n, ci, idd, ih, iw = unravel5(t, C, D, H, W)
         g = ci // Cg
         c = ci - g * Cg
         acc = zero
         for o in range(g * Og, (g + 1) * Og):
             for kd in range(KD):
-                td = idd + pd - kd * dd
-                if td < 0 or td % sd != 0 or td // sd >= OD:
+                od = fed(idd, kd, pd, dd, sd, OD)
+                if od < 0:
                     continue
-                od = td // sd
                 for kh in range(KH):
-                    th = ih + ph - kh * dh
-                    if th < 0 or th % sh != 0 or th // sh >= OH:
+                    oh = fed(ih, kh, ph, dh, sh, OH)
+                    if oh < 0:
                         continue
-                    oh = th // sh
                     for kw in range(KW):
-                        tw = iw + pw - kw * dw
-                        if tw < 0 or tw % sw != 0 or tw // sw >= OW:
-                            continue
-                        ow = tw // sw
-                        acc += dy[n, o, od, oh, ow] * w[o, od, oh, ow, c, kd, kh, kw]
+                        ow = fed(iw, kw, pw, dw, sw, OW)
+                        if ow >= 0:
+                            acc += dy[n, o, od, oh, ow] * w[o, od, oh, ow, c, kd, kh, kw]
         dx[n, ci, idd, ih, iw] = acc
 
 

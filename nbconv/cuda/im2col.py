@@ -23,6 +23,7 @@ from numba import cuda
 
 from . import gemm, launch
 from .gemm import Operand
+from .index import fed, unravel5
 from .launch import empty, grid1d, zero, zeros
 
 
@@ -61,28 +62,21 @@ def _col2im_kernel(dcol, dx, zero, n0, nb, p0, L, KD, KH, KW, OD, OH, OW, sd, sh
     """dx[n0 + b] += the columns ``dcol`` (C*K, nb*L) summed back per input element."""
     C, D, H, W = dx.shape[1], dx.shape[2], dx.shape[3], dx.shape[4]
     for e in range(cuda.grid(1), nb * C * D * H * W, cuda.gridsize(1)):
-        iw = e % W
-        r = e // W
-        ih = r % H
-        r //= H
-        idd = r % D
-        r //= D
-        c = r % C
-        b = r // C
+        b, c, idd, ih, iw = unravel5(e, C, D, H, W)
         acc = zero
         for kd in range(KD):
-            td = idd + pd - kd * dd
-            if td < 0 or td % sd != 0 or td // sd >= OD:
+            od = fed(idd, kd, pd, dd, sd, OD)
+            if od < 0:
                 continue
             for kh in range(KH):
-                th = ih + ph - kh * dh
-                if th < 0 or th % sh != 0 or th // sh >= OH:
+                oh = fed(ih, kh, ph, dh, sh, OH)
+                if oh < 0:
                     continue
                 for kw in range(KW):
-                    tw = iw + pw - kw * dw
-                    if tw < 0 or tw % sw != 0 or tw // sw >= OW:
+                    ow = fed(iw, kw, pw, dw, sw, OW)
+                    if ow < 0:
                         continue
-                    q = ((td // sd) * OH + th // sh) * OW + tw // sw - p0
+                    q = (od * OH + oh) * OW + ow - p0
                     if q >= 0 and q < L:
                         acc += dcol[((c * KD + kd) * KH + kh) * KW + kw, b * L + q]
         dx[n0 + b, c, idd, ih, iw] += acc

@@ -22,6 +22,7 @@ from numba import cuda
 
 from . import gemm, launch
 from .implicit_gemm import geometry, x_tap
+from .index import fed, unravel5
 from .launch import empty, grid1d, zero, zeros
 
 # geo (see nbconv.cuda.implicit_gemm.geometry): 0 N 1 C 5 O 21 G 22 Cg 23 Og 24 P 25 KK 26 CgKK 28 p0
@@ -95,28 +96,21 @@ def _col2im_unshared_kernel(dpatch, dx, zero, p0, L, KD, KH, KW, OD, OH, OW, sd,
     N, C, D, H, W = dx.shape
     KK = KD * KH * KW
     for e in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        iw = e % W
-        r = e // W
-        ih = r % H
-        r //= H
-        idd = r % D
-        r //= D
-        c = r % C
-        n = r // C
+        n, c, idd, ih, iw = unravel5(e, C, D, H, W)
         acc = zero
         for kd in range(KD):
-            td = idd + pd - kd * dd
-            if td < 0 or td % sd != 0 or td // sd >= OD:
+            od = fed(idd, kd, pd, dd, sd, OD)
+            if od < 0:
                 continue
             for kh in range(KH):
-                th = ih + ph - kh * dh
-                if th < 0 or th % sh != 0 or th // sh >= OH:
+                oh = fed(ih, kh, ph, dh, sh, OH)
+                if oh < 0:
                     continue
                 for kw in range(KW):
-                    tw = iw + pw - kw * dw
-                    if tw < 0 or tw % sw != 0 or tw // sw >= OW:
+                    ow = fed(iw, kw, pw, dw, sw, OW)
+                    if ow < 0:
                         continue
-                    q = ((td // sd) * OH + th // sh) * OW + tw // sw - p0
+                    q = (od * OH + oh) * OW + ow - p0
                     if q >= 0 and q < L:
                         acc += dpatch[((q * N + n) * C + c) * KK + (kd * KH + kh) * KW + kw]
         dx[n, c, idd, ih, iw] += acc
