@@ -99,14 +99,7 @@ def _bwd_filter_kernel(dtype, threads):
         red = cuda.shared.array(threads, T)
         t = cuda.threadIdx.x
         for b in range(cuda.blockIdx.x, nw, cuda.gridDim.x):
-            kw = b % KW
-            q = b // KW
-            kh = q % KH
-            q //= KH
-            kd = q % KD
-            q //= KD
-            c = q % Cg
-            o = q // Cg
+            o, c, kd, kh, kw = unravel5(b, Cg, KD, KH, KW)
             ci = (o // Og) * Cg + c
             for s in range(cuda.blockIdx.y, S, cuda.gridDim.y):
                 acc = ZERO
