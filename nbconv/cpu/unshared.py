@@ -16,6 +16,7 @@ Patches inside the input are gathered (and grad-input's scattered) through a tab
 offsets into the flattened image, filter_flip folded in; the row-by-row loops with bounds tests
 remain for the patches that meet the padding.
 """
+from functools import lru_cache
 from math import prod
 
 import numpy as np
@@ -77,9 +78,11 @@ def _gather_group(x, c0, Cg, p, OH, OW, sd, sh, sw, dd, dh, dw, pd, ph, pw, patc
             _reverse_taps(patch[n].reshape(Cg * KD * KH * KW), Cg, KD * KH * KW)
 
 
+@lru_cache(maxsize=256)
 def _offsets(spec):
     """Each tap's offset from a patch's first element in a flattened image, in the weights'
-    (c, kd, kh, kw) order; reversed per channel when the spec flips."""
+    (c, kd, kh, kw) order; reversed per channel when the spec flips. Cached per spec: the
+    kernels only read it."""
     D, H, W = spec.x_shape[2:]
     c, kd, kh, kw = np.meshgrid(*(np.arange(n) for n in (spec.group_in,) + spec.kernel), indexing="ij")
     dd, dh, dw = spec.dilation
