@@ -107,12 +107,7 @@ def _bwd_filter_kernel(dtype, threads):
                 if r_end > R:  # noqa: PLR1730  (no min() in CUDA kernels: see gemm.py)
                     r_end = R
                 for r in range(s * per + t, r_end, threads):
-                    ow = r % OW
-                    q = r // OW
-                    oh = q % OH
-                    q //= OH
-                    od = q % OD
-                    n = q // OD
+                    n, _, od, oh, ow = unravel5(r, 1, OD, OH, OW)
                     idd = od * sd - pd + kd * dd
                     ih = oh * sh - ph + kh * dh
                     iw = ow * sw - pw + kw * dw
@@ -195,20 +190,8 @@ def _bwd_filter_unshared_direct_kernel(x, dy, dwt, zero, sd, sh, sw, dd, dh, dw,
     O, OD, OH, OW, Cg, KD, KH, KW = dwt.shape
     Og = O // groups
     for t in range(cuda.grid(1), dwt.size, cuda.gridsize(1)):
-        kw = t % KW
-        r = t // KW
-        kh = r % KH
-        r //= KH
-        kd = r % KD
-        r //= KD
-        c = r % Cg
-        r //= Cg
-        ow = r % OW
-        r //= OW
-        oh = r % OH
-        r //= OH
-        od = r % OD
-        o = r // OD
+        r, c, kd, kh, kw = unravel5(t, Cg, KD, KH, KW)
+        o, _, od, oh, ow = unravel5(r, 1, OD, OH, OW)
         ci = (o // Og) * Cg + c
         idd = od * sd - pd + kd * dd
         ih = oh * sh - ph + kh * dh

@@ -5,7 +5,8 @@ from numba import cuda
 @cuda.jit(device=True)
 def unravel5(t, A, B, C, D):
     """(i0, i1, i2, i3, i4): the position of flat index ``t`` in a C-ordered (any, A, B, C, D)
-    array, the layout of every canonical x, y and their gradients."""
+    array, the layout of every canonical x, y and their gradients. With A = 1 it unravels four
+    axes: i0 is then the index along the leading, unbounded one (and i1 is 0)."""
     i4 = t % D
     r = t // D
     i3 = r % C
