@@ -118,8 +118,11 @@ def execute(spec, a, b, algo=None, *, unflipped=False):
         b = canonical_weights(spec, b) if flip_out else canonical(b, spec.w_shape, spec.np_dtype)
     elif spec.flip and alg.flips and spec.direction != GRAD_WEIGHTS:
         spec = spec.correlation  # b was flipped already
-    with np.errstate(invalid="ignore", over="ignore"):
+    if alg.numba_only:
         out = run(spec, a, b)
+    else:
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = run(spec, a, b)
     if spec.direction == GRAD_WEIGHTS and flip_out:
         out = np.ascontiguousarray(out[_KERNEL_AXES_REVERSED])
     return out.reshape(out_shape)

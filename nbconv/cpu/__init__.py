@@ -69,10 +69,11 @@ from . import direct_serial, flat  # noqa: E402
 # win only on problems of a few hundred kFLOP, like LeNet's first layer.
 _register("direct_serial", direct_serial,
           "the direct kernels on the calling thread only: tiny problems, every direction",
-          lambda spec: 1e-6 + spec.flops() / (0.4e9 if spec.unshared else 5e9), exact_nonfinite=True)
+          lambda spec: 1e-6 + spec.flops() / (0.4e9 if spec.unshared else 5e9), exact_nonfinite=True,
+          numba_only=True)
 _register("flat", flat,
           "stride 1, single-threaded: each tap one long multiply-add over flattened padded planes",
-          lambda spec: 2e-6 + spec.flops() / 12e9, flips=True)
+          lambda spec: 2e-6 + spec.flops() / 12e9, flips=True, numba_only=True)
 
 from . import winograd  # noqa: E402
 
