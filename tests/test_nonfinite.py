@@ -100,17 +100,38 @@ def test_nonfinite_values_propagate(alg):
     assert not failures, f"{len(failures)} failures (algo={alg.name}):\n" + "\n".join(failures[:6])
 
 
-def test_nonfinite_operands_raise_no_warning():
-    """NumPy's 'invalid value encountered in matmul' must not leak out of the BLAS-backed paths."""
+@pytest.mark.parametrize("unshared", [False, True], ids=["shared", "unshared"])
+def test_nonfinite_operands_raise_no_warning(unshared):
+    """NumPy's 'invalid value encountered' must not leak out of any algorithm in any direction:
+    dispatch wraps the BLAS-backed ones in np.errstate and skips it for those registered
+    ``numba_only`` (their arithmetic must then all be in Numba kernels)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
-    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
-    x[0, 0, 0, 0] = np.nan
-    for algo in ("im2col", "winograd", "fft", None):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            y = nbconv.conv2d(x, w, border_mode="half", algo=algo)
-        assert np.isnan(y[0]).any() and np.isfinite(y[1]).all()
+    w_shape = (8, 10, 10, 8, 3, 3) if unshared else (8, 8, 3, 3)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    dy = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    x[0, 0, 0, 0], x[0, 1, 4, 4], dy[0, 2, 3, 3] = np.nan, np.inf, -np.inf
+    w.reshape(-1)[5] = np.inf
+    kw = dict(border_mode="half", unshared=unshared)
+    calls = {
+        "forward": lambda a: nbconv.conv2d(x, w, algo=a, **kw),
+        "grad_input": lambda a: nbconv.conv2d_grad_wrt_inputs(dy, w, x.shape, algo=a, **kw),
+        "grad_weights": lambda a: nbconv.conv2d_grad_wrt_weights(x, dy, w.shape, algo=a, **kw),
+    }
+    ran = set()
+    for alg in CPU_ALGOS + [None]:
+        for direction, call in calls.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                try:
+                    out = call(None if alg is None else alg.name)
+                except nbconv.AlgorithmNotApplicable:
+                    continue
+            assert not np.isfinite(out).all(), (alg, direction)
+            ran.add(None if alg is None else alg.name)
+    expected = {"unshared_gemm", "direct_serial"} if unshared else {
+        "im2col", "winograd", "fft", "flat", "direct_serial", "grouped_direct"}
+    assert expected | {"direct", None} <= ran, ran
 
 
 def test_exact_algorithms_are_declared():
