@@ -155,29 +155,37 @@ def _correlate_block(src, wts, offs, acc, t0, nb, s0, q0):
                 _taps1(acc[i], xc, wts[t0 + i, s], offs, L)
 
 
+@njit(inline="always")
+def _correlate_planes(src, wts, offs, acc, out, groups, q0, Hp, Wp):
+    """out (T, D, H, W) = the correlation of ``src``'s planes with ``wts`` (T, S, KK), group by
+    group (target t reads sources g*S .. g*S+S of its group g), three targets per block, each
+    block's wide rows cropped to out's: the forward (x's planes) and grad-input (dy's)."""
+    T, S = wts.shape[0], wts.shape[1]
+    D, H, W = out.shape[1], out.shape[2], out.shape[3]
+    Tg = T // groups
+    for g in range(groups):
+        t = g * Tg
+        while t < (g + 1) * Tg:
+            nb = min(3, (g + 1) * Tg - t)
+            _correlate_block(src, wts, offs, acc, t, nb, g * S, q0)
+            for i in range(nb):
+                for d in range(D):
+                    for h in range(H):
+                        b = (d * Hp + h) * Wp
+                        out[t + i, d, h] = acc[i, b:b + W]
+            t += nb
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _fwd_flat_kernel(x, w, y, xp, acc, dd, dh, dw, pd, ph, pw, groups, flip):
-    N = x.shape[0]
     O, Cg, KD, KH, KW = w.shape
-    OD, OH, OW = y.shape[2], y.shape[3], y.shape[4]
     Hp, Wp = xp.shape[2], xp.shape[3]
-    Og = O // groups
     offs = _tap_offsets(KD, KH, KW, dd, dh, dw, Hp, Wp, flip)
     wf = w.reshape((O, Cg, KD * KH * KW))
     xf = xp.reshape(xp.shape[0], -1)
-    for n in range(N):
+    for n in range(x.shape[0]):
         _pad_into(x[n], xp, pd, ph, pw)
-        for g in range(groups):
-            o = g * Og
-            while o < (g + 1) * Og:
-                nb = min(3, (g + 1) * Og - o)
-                _correlate_block(xf, wf, offs, acc, o, nb, g * Cg, 0)
-                for i in range(nb):
-                    for od in range(OD):
-                        for oh in range(OH):
-                            b = (od * Hp + oh) * Wp
-                            y[n, o + i, od, oh] = acc[i, b:b + OW]
-                o += nb
+        _correlate_planes(xf, wf, offs, acc, y[n], groups, 0, Hp, Wp)
 
 
 @njit(cache=True)
@@ -198,7 +206,7 @@ def _bwd_data_flat_kernel(dy, w, dx, dyw, acc, Hp, Wp, dd, dh, dw, pd, ph, pw, g
     """The adjoint of the forward as a correlation of its own: dx's padded plane at q gathers
     dy's wide plane at q - offs[k] = (q + m - offs[k]) - m, so dy is laid from position m (the
     largest offset) on and read at the offsets m - offs[k] >= 0, with the weights transposed."""
-    N, C, D, H, W = dx.shape
+    N, C = dx.shape[0], dx.shape[1]
     O, Cg, KD, KH, KW = w.shape
     Og = O // groups
     KK = KD * KH * KW
@@ -214,17 +222,7 @@ def _bwd_data_flat_kernel(dy, w, dx, dyw, acc, Hp, Wp, dd, dh, dw, pd, ph, pw, g
     q0 = (pd * Hp + ph) * Wp + pw
     for n in range(N):
         _wide(dy[n], dyw, m, Hp, Wp)
-        for g in range(groups):
-            c = g * Cg
-            while c < (g + 1) * Cg:
-                nb = min(3, (g + 1) * Cg - c)
-                _correlate_block(dyw, wt, roffs, acc, c, nb, g * Og, q0)
-                for i in range(nb):
-                    for d in range(D):
-                        for h in range(H):
-                            b = (d * Hp + h) * Wp
-                            dx[n, c + i, d, h] = acc[i, b:b + W]
-                c += nb
+        _correlate_planes(dyw, wt, roffs, acc, dx[n], groups, q0, Hp, Wp)
 
 
 @njit(inline="always")
