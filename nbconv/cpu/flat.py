@@ -250,18 +250,9 @@ def _dots3(d0, d1, d2, xc, r0, r1, r2, offs, L):
             c1 += h * e1
             c2 += h * e2
             c3 += h * e3
-        r0[t] += a0
-        r0[t + 1] += a1
-        r0[t + 2] += a2
-        r0[t + 3] += a3
-        r1[t] += b0
-        r1[t + 1] += b1
-        r1[t + 2] += b2
-        r1[t + 3] += b3
-        r2[t] += c0
-        r2[t + 1] += c1
-        r2[t + 2] += c2
-        r2[t + 3] += c3
+        r0[t], r0[t + 1], r0[t + 2], r0[t + 3] = r0[t] + a0, r0[t + 1] + a1, r0[t + 2] + a2, r0[t + 3] + a3
+        r1[t], r1[t + 1], r1[t + 2], r1[t + 3] = r1[t] + b0, r1[t + 1] + b1, r1[t + 2] + b2, r1[t + 3] + b3
+        r2[t], r2[t + 1], r2[t + 2], r2[t + 3] = r2[t] + c0, r2[t + 1] + c1, r2[t + 2] + c2, r2[t + 3] + c3
         t += 4
     while t < KK:
         xs = xc[offs[t]:]
@@ -290,7 +281,6 @@ def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups,
     dwf = dwt.reshape((O, Cg, KK))
     dwt[:] = 0.0
     xf = xp.reshape(C, -1)
-    dyf = dyw
     for n in range(N):
         _pad_into(x[n], xp, pd, ph, pw)
         _wide(dy[n], dyw, 0, Hp, Wp)
@@ -301,10 +291,10 @@ def _bwd_filter_flat_kernel(x, dy, dwt, xp, dyw, dd, dh, dw, pd, ph, pw, groups,
                 for c in range(Cg):
                     xc = xf[g * Cg + c]
                     if nb == 3:
-                        _dots3(dyf[o], dyf[o + 1], dyf[o + 2], xc, dwf[o, c], dwf[o + 1, c], dwf[o + 2, c], offs, L)
+                        _dots3(dyw[o], dyw[o + 1], dyw[o + 2], xc, dwf[o, c], dwf[o + 1, c], dwf[o + 2, c], offs, L)
                         continue
                     for i in range(nb):
-                        d = dyf[o + i]
+                        d = dyw[o + i]
                         dr = dwf[o + i, c]
                         t = 0
                         while t + 3 < KK:
