@@ -23,10 +23,11 @@ slower than alone (batch 8, forward: torch's unshared_lc 47 ms instead of 5.6, i
 instead of 4.0, nbconv's im2col on r50_3x3_56 16.4 instead of 14.0). Two causes, both idle threads:
 
 * one OpenMP runtime for both. Numba's OpenMP layer loads the system ``libgomp.so.1.0.0`` when
-  its pool starts, and ``nbconv.threads`` sets ``OMP_WAIT_POLICY=PASSIVE`` for it first. Torch's
+  its pool starts, and ``nbconv.threads`` sets its wait policy first (then
+  ``OMP_WAIT_POLICY=PASSIVE``, now a short ``GOMP_SPINCOUNT``). Torch's
   ``libtorch_cpu`` needs ``libgomp.so.1``, the same soname, so when torch is imported after
   nbconv the loader hands it the runtime already loaded: torch then runs on nbconv's runtime,
-  with the passive policy (a futex sleep and wake-up around each of its parallel regions; torch
+  with its policy (the passive one: a futex sleep and wake-up around each parallel region; torch
   alone with ``OMP_WAIT_POLICY=PASSIVE`` took the same 47 ms). Imported the other way round the
   process holds *two* runtimes whose workers spin next to each other's regions (r50_1x1_14:
   torch 65 ms, r50_3x3_56: nbconv 133 ms).
@@ -340,14 +341,14 @@ class LocalWorker:
 
 
 def worker_env():
-    """The environment a worker starts with: this one, less the wait policy and OpenBLAS timeout
+    """The environment a worker starts with: this one, less the spin count and OpenBLAS timeout
     that nbconv's import put there (a worker's own nbconv import sets them again; torch must not
     inherit them)."""
     from . import threads
 
     env = dict(os.environ)
-    if getattr(threads, "WAIT_POLICY_SET", False) and env.get("OMP_WAIT_POLICY") == "PASSIVE":
-        del env["OMP_WAIT_POLICY"]
+    if getattr(threads, "WAIT_POLICY_SET", False) and env.get("GOMP_SPINCOUNT") == threads.SPIN_COUNT:
+        del env["GOMP_SPINCOUNT"]
     if threads.BLAS_TIMEOUT_SET and env.get("OPENBLAS_THREAD_TIMEOUT") == threads.BLAS_TIMEOUT:
         del env["OPENBLAS_THREAD_TIMEOUT"]
     return env

@@ -6,12 +6,19 @@ time. Both pools are sized to the same count, so neither ever asks for more core
 was given. The initial count is ``NBCONV_NUM_THREADS`` if set, else Numba's default (the number of
 cores, or ``NUMBA_NUM_THREADS``).
 
-Numba's OpenMP threading layer (libgomp, the layer Numba picks here) lets its idle workers spin for
-milliseconds after every parallel region (``GOMP_SPINCOUNT`` 300000 by default). A GEMM started right
-after an im2col kernel then shares the cores with spinning workers: measured on 2 cores, an sgemm of
-12 ms took 19 ms after a Numba kernel, and 12 ms with ``OMP_WAIT_POLICY=PASSIVE``, which costs a
-futex wake-up per kernel launch instead (microseconds; the kernels run for milliseconds). libgomp
-reads the variable once, when it is loaded, which Numba does when its threads are first launched
+Numba's OpenMP threading layer (libgomp, the layer Numba picks here) lets its idle workers spin
+after every parallel region (``GOMP_SPINCOUNT`` 300000 by default, milliseconds here) and then sleep
+on a futex. Spinning that long shares the cores with a GEMM started right after an im2col kernel:
+measured on 2 cores, an sgemm of 12 ms took 19 ms after a Numba kernel. Not spinning at all
+(``OMP_WAIT_POLICY=PASSIVE``, nbconv's setting until this was measured) makes every launch a
+wake-up of sleeping workers instead, which on this virtual machine costs ~45 us, not microseconds:
+an empty ``prange`` kernel took 49 us with PASSIVE and 1.6 us spinning, a 100 us kernel 145 us
+against 103. Algorithms launching a kernel per chunk paid it many times per call. So nbconv sets
+``GOMP_SPINCOUNT=10000``: measured in one process per setting (medians), an empty kernel after a
+50 us gap (Python between two kernels) 1.6 us (60 with PASSIVE, 25 with a spin count of 1000), after
+a 300 us gap 24-34 us (it has fallen asleep), and a 1024^3 sgemm right after a Numba kernel 11.0-11.3
+ms against 10.6-10.9 alone (13.2 with 100000, 23.7 with 1000000, 11.1 with PASSIVE). libgomp reads
+the variable once, when it is loaded, which Numba does when its threads are first launched
 (``numba.set_num_threads`` below), so it is set here, before that, unless the user chose a policy
 or spin count.
 
@@ -41,8 +48,9 @@ ENV_VAR = "NBCONV_NUM_THREADS"
 #: True when the policy below was set here (not by the user): the benchmark's worker processes
 #: then start without it, so that a peer library (PyTorch) keeps its own default.
 WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+SPIN_COUNT = "10000"
 if WAIT_POLICY_SET:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 #: the same for OpenBLAS's spin (see the module doc)
 BLAS_TIMEOUT = "14"
 BLAS_TIMEOUT_SET = "OPENBLAS_THREAD_TIMEOUT" not in os.environ

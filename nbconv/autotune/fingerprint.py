@@ -113,6 +113,7 @@ def fingerprint(device="cpu"):
             "numba_pool": numba.config.NUMBA_NUM_THREADS,
             "threading_layer": str(numba.config.THREADING_LAYER),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
             "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", ""),
             "blas": _blas(),
         },

@@ -1,8 +1,8 @@
 """The direct kernels compiled without ``parallel``, for problems too small to share out.
 
-Waking Numba's worker pool costs about 10-20 us per launch on this machine (a futex wake-up per
-worker under ``OMP_WAIT_POLICY=PASSIVE``, see :mod:`nbconv.threads`), which is more than LeNet's
-whole 0.17 MFLOP first layer takes on one core. The same Python kernels compiled with
+Waking Numba's worker pool once it has fallen asleep costs 25-60 us per launch on this machine (a
+futex wake-up per worker, see :mod:`nbconv.threads`), which is more than LeNet's whole 0.17 MFLOP
+first layer takes on one core. The same Python kernels compiled with
 ``parallel=False`` run their ``prange`` loops as plain loops on the calling thread.
 """
 import types
