@@ -221,3 +221,60 @@ def test_supports_boundary():
     assert not W.supports(_spec((1, 2, 9, 9), (2, 2, 3, 3), subsample=(2, 1)))
     assert not W.supports(_spec((1, 2, 9, 9), (2, 2, 5, 5)))
     assert not W.supports(_spec((1, 2, 9, 9), (2, 2, 4, 3)))
+
+
+def _slice_case(rng, dtype):
+    """A random 3D problem of the depth-slice path: one group, depth dilation 1, 2-3 depth taps."""
+    while True:
+        x_shape, w_shape, kw, _ = _case(rng, 3, dtype)
+        if kw["num_groups"] == 1 and w_shape[2] > 1 and kw["filter_dilation"][0] == 1 and x_shape[0]:
+            return x_shape, w_shape, kw
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_depth_slices(monkeypatch, dtype):
+    """The 3D path that transforms every input depth slice once (_correlate_slices), forward and
+    grad-input, against the reference: chunks of one, two and all output slices (a shorter last
+    chunk; every chunk after the first starts from the previous one's last KD - 1 slices), pads
+    that put whole slices outside the input."""
+    monkeypatch.setattr(W, "_SLICE_MIN_TILES", 1)  # planes of any size take the path
+    W._plan_for.cache_clear()
+    rng = np.random.default_rng(31 + (dtype == np.float64))
+    failures = []
+    try:
+        for idx in range(14):
+            x_shape, w_shape, kw = _slice_case(rng, dtype)
+            x = rng.standard_normal(x_shape).astype(dtype)
+            w = rng.standard_normal(w_shape).astype(dtype)
+            y = R.conv_nd(x, w, **kw)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            cases = {
+                "forward": (x, w, y, _scale(R.conv_nd(abs(x), abs(w), **kw))),
+                "grad_input": (dy, w, R.conv_nd_grad_input(dy, w, x_shape, **kw),
+                               _scale(R.conv_nd_grad_input(abs(dy), abs(w), x_shape, **kw))),
+            }
+            for direction, (a, b, want, scale) in cases.items():
+                spec = _spec(x_shape, w_shape, direction, dtype=dtype, **kw)
+                plan = W._plan(spec)
+                assert plan.nod > 0, (x_shape, w_shape, kw, direction)
+                OD = plan.out_size[0]
+                for nod in sorted({1, min(2, OD), OD}):
+                    plan.nod = nod
+                    msg = compare(getattr(W, direction)(spec, a, b), want, dtype, scale)
+                    if msg:
+                        failures.append(f"[{idx}] x{x_shape} w{w_shape} {kw} {direction} nod={nod}: {msg}")
+    finally:
+        W._plan_for.cache_clear()
+    assert not failures, "\n".join(failures[:8])
+
+
+def test_depth_slices_where_they_apply():
+    c3d = _spec((2, 32, 8, 28, 28), (32, 32, 3, 3, 3), border_mode=1)
+    for direction in ("forward", "grad_input"):
+        assert W._plan(_spec((2, 32, 8, 28, 28), (32, 32, 3, 3, 3), direction, border_mode=1)).nod > 0
+    assert W._plan(c3d).bytes == W.workspace(c3d)
+    # not along a dilated depth axis, with groups, with one depth tap, or on planes of few tiles
+    assert W._plan(_spec((2, 4, 8, 28, 28), (4, 4, 3, 3, 3), filter_dilation=(2, 1, 1))).nod == 0
+    assert W._plan(_spec((2, 4, 8, 28, 28), (4, 2, 3, 3, 3), num_groups=2)).nod == 0
+    assert W._plan(_spec((2, 4, 8, 28, 28), (4, 4, 1, 3, 3))).nod == 0
+    assert W._plan(_spec((2, 4, 8, 8, 8), (4, 4, 3, 3, 3))).nod == 0
