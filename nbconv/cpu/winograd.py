@@ -654,7 +654,7 @@ def _correlate_slices(spec, plan, inp, w, transposed, out):
     instead of ~160, 1.7 -> 1.8. Chunks of output slices stay within the forward's budget (C3D:
     two per image): whole images ran ~10% faster but held 1.8 MB more, past twice PyTorch's peak
     memory for that layer; each chunk starts from the previous one's last KD - 1 transformed
-    slices, copied (re-transforming them cost 4.2 vs 3.7 ms)."""
+    slices, copied (forward 4.2 ms so, 4.7-5.1 re-transforming them)."""
     KD = spec.kernel[0]
     ci, co, A, R, nod = plan.ci, plan.co, plan.A, plan.R, plan.nod
     OD = plan.out_size[0]
