@@ -233,10 +233,10 @@ def _slice_case(rng, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_depth_slices(monkeypatch, dtype):
-    """The 3D path that transforms every input depth slice once (_correlate_slices), forward and
-    grad-input, against the reference: chunks of one, two and all output slices (a shorter last
-    chunk; every chunk after the first starts from the previous one's last KD - 1 slices), pads
-    that put whole slices outside the input."""
+    """The 3D path that transforms every input depth slice once (_correlate_slices and
+    _grad_weights_slices), all three directions against the reference: chunks of one, two and all
+    output slices (a shorter last chunk; forward and grad-input start every chunk after the first
+    from the previous one's last KD - 1 slices), pads that put whole slices outside the input."""
     monkeypatch.setattr(W, "_SLICE_MIN_TILES", 1)  # planes of any size take the path
     W._plan_for.cache_clear()
     rng = np.random.default_rng(31 + (dtype == np.float64))
@@ -252,6 +252,8 @@ def test_depth_slices(monkeypatch, dtype):
                 "forward": (x, w, y, _scale(R.conv_nd(abs(x), abs(w), **kw))),
                 "grad_input": (dy, w, R.conv_nd_grad_input(dy, w, x_shape, **kw),
                                _scale(R.conv_nd_grad_input(abs(dy), abs(w), x_shape, **kw))),
+                "grad_weights": (x, dy, R.conv_nd_grad_weights(x, dy, w_shape, **kw),
+                                 _scale(R.conv_nd_grad_weights(abs(x), abs(dy), w_shape, **kw))),
             }
             for direction, (a, b, want, scale) in cases.items():
                 spec = _spec(x_shape, w_shape, direction, dtype=dtype, **kw)
@@ -270,7 +272,7 @@ def test_depth_slices(monkeypatch, dtype):
 
 def test_depth_slices_where_they_apply():
     c3d = _spec((2, 32, 8, 28, 28), (32, 32, 3, 3, 3), border_mode=1)
-    for direction in ("forward", "grad_input"):
+    for direction in ("forward", "grad_input", "grad_weights"):
         assert W._plan(_spec((2, 32, 8, 28, 28), (32, 32, 3, 3, 3), direction, border_mode=1)).nod > 0
     assert W._plan(c3d).bytes == W.workspace(c3d)
     # not along a dilated depth axis, with groups, with one depth tap, or on planes of few tiles
