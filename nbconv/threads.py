@@ -2,7 +2,8 @@
 
 The GEMM-based algorithms alternate Numba kernels (im2col, col2im) with BLAS calls made from Python
 between them, never from inside a ``prange`` region, so at most one of the two pools runs at a
-time. Both pools are sized to the same count, so neither ever asks for more cores than the other
+time. The one exception runs only GEMMs small enough that OpenBLAS keeps them on the calling
+thread, one per Numba worker (winograd's depth slices, see ``nbconv.cpu.winograd._SMALL_GEMM``). Both pools are sized to the same count, so neither ever asks for more cores than the other
 was given. The initial count is ``NBCONV_NUM_THREADS`` if set, else Numba's default (the number of
 cores, or ``NUMBA_NUM_THREADS``).
 

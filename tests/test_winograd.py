@@ -231,13 +231,16 @@ def _slice_case(rng, dtype):
             return x_shape, w_shape, kw
 
 
+@pytest.mark.parametrize("small_gemm", [True, False], ids=["per-thread-gemms", "stacked-matmul"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_depth_slices(monkeypatch, dtype):
+def test_depth_slices(monkeypatch, dtype, small_gemm):
     """The 3D path that transforms every input depth slice once (_correlate_slices and
     _grad_weights_slices), all three directions against the reference: chunks of one, two and all
     output slices (a shorter last chunk; forward and grad-input start every chunk after the first
     from the previous one's last KD - 1 slices), pads that put whole slices outside the input."""
     monkeypatch.setattr(W, "_SLICE_MIN_TILES", 1)  # planes of any size take the path
+    if not small_gemm:
+        monkeypatch.setattr(W, "_SMALL_GEMM", 0)  # the GEMMs of large channel counts
     W._plan_for.cache_clear()
     rng = np.random.default_rng(31 + (dtype == np.float64))
     failures = []

@@ -32,7 +32,7 @@ float32 is ~10x closer. Accurate enough, so F(4x4) throughout rather than F(2x2)
 1.8x the GEMM work.
 
 BLAS runs from Python between the Numba kernels, never inside a ``prange`` region (see
-:mod:`nbconv.threads`). Tiles are processed in chunks of whole tile rows whose V and M buffers
+:mod:`nbconv.threads`), except for GEMMs small enough to run on one core (_SMALL_GEMM). Tiles are processed in chunks of whole tile rows whose V and M buffers
 stay cache-sized and within :func:`nbconv.cpu.im2col.get_workspace_limit`.
 """
 from functools import lru_cache
@@ -79,6 +79,13 @@ _U_BLOCK = 4 * 2**20
 _U_UNBLOCKED = 16 * 2**20
 _BLOCKED_CHUNK_BYTES = 16 * 2**20
 _SLICE_MIN_TILES = 16
+# OpenBLAS runs a GEMM on the calling thread alone when m*n*k <= 65536 * 4 (interface/gemm.c:
+# SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD). The depth-slice path's GEMMs are that small
+# (C3D: 32 x 96 x 49) and numpy's stacked matmul runs them one after another on one core, so
+# they run one per Numba thread instead (_slice_gemm): BLAS inside a prange region, but never a
+# BLAS that starts threads of its own there. C3D's 36 x 4 of them per chunk: 0.42 -> 0.24 ms; its
+# forward and grad-input 3.26 -> 2.25 ms (medians of 21 alternating rounds, one process).
+_SMALL_GEMM = 65536 * 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,6 +640,16 @@ class _Chunk:
                          p.cls_in, dw, p.cmin, p.Wb, p.out_size[0])
 
 
+@njit(parallel=True, cache=True)
+def _slice_gemm(U3, V, M, ci):
+    """M[xi, s] = U3[xi] @ (the U3.shape[2] rows of V[xi] from row s*ci): np.matmul(U3, B, out=M)
+    of _correlate_slices, one GEMM per task (see _SMALL_GEMM)."""
+    nd, K = M.shape[1], U3.shape[2]
+    for t in prange(U3.shape[0] * nd):
+        xi, s = t // nd, t % nd
+        np.dot(U3[xi], V[xi, s * ci:s * ci + K], M[xi, s])
+
+
 def _weights_flip(spec, w):
     """(weights embedded in 3x3 taps, whether the weight transform still has to flip them)."""
     flip = spec.flip
@@ -681,11 +698,14 @@ def _correlate_slices(spec, plan, inp, w, transposed, out):
             _slice_transform(inp, V, n, od0, first, _nblk((V.shape[1] - first) * len(plan.th_in0)),
                              plan.pads[0], plan.th_in0, dh, plan.cls_in, dw, plan.cmin, plan.Wb)
             vp = V
-            s0, s1, s2 = V.strides
-            B = as_strided(V, shape=(_NX, nd, KD * ci, T2), strides=(s0, ci * s1, s1, s2),
-                           writeable=False)
             M = mb[:_NX * nd * co * T2].reshape(_NX, nd, co, T2)
-            np.matmul(U3, B, out=M)
+            if co * KD * ci * T2 <= _SMALL_GEMM:
+                _slice_gemm(U3.reshape(_NX, co, KD * ci), V, M, ci)
+            else:
+                s0, s1, s2 = V.strides
+                B = as_strided(V, shape=(_NX, nd, KD * ci, T2), strides=(s0, ci * s1, s1, s2),
+                               writeable=False)
+                np.matmul(U3, B, out=M)
             _slice_output(M.reshape(_NX, nd * co, T2), out, n, od0, _nblk(nd * co * len(plan.th_out0)),
                           plan.th_out0, plan.th_nv, dh, plan.cls_out, dw, plan.OWb)
     return out
@@ -738,10 +758,12 @@ def grad_input(spec, dy, w):
 
 def _grad_weights_slices(spec, plan, x, dy):
     """grad_weights for the geometry of _correlate_slices: each input depth slice of a chunk is
-    transformed once, channel-major (V[xi, c] holds slice after slice), so the slices kd .. kd+nd
+    transformed once. Channel-major (V[xi, c] holds slice after slice), the slices kd .. kd+nd
     that meet dy's nd output slices are one contiguous column range of V: per kd one stacked GEMM
     dU[:, :, :, kd] = Md @ V[:, :, kd-th range]^T, whose inner dimension runs over all the tiles
-    of the chunk. C3D's 3x3x3 (2 threads, old vs new side by side in one process): 4.4 -> 3.2 ms."""
+    of the chunk. C3D's 3x3x3 (2 threads, old vs new side by side in one process): 4.4 -> 3.2 ms.
+    (Running these products one (xi, kd) per thread, as _slice_gemm does the forward's, in pieces
+    below _SMALL_GEMM: 0.97x the time, not worth a second kernel.)"""
     KD = spec.kernel[0]
     ci, co, A, R, nod = plan.ci, plan.co, plan.A, plan.R, plan.nod
     OD = plan.out_size[0]
