@@ -31,17 +31,20 @@ the worst element at 20% of the tests' tolerance (1e-4 relative + 1e-5 x that su
 float32 is ~10x closer. Accurate enough, so F(4x4) throughout rather than F(2x2), which does
 1.8x the GEMM work.
 
-BLAS runs from Python between the Numba kernels, never inside a ``prange`` region (see
-:mod:`nbconv.threads`), except for GEMMs small enough to run on one core (_SMALL_GEMM). Tiles are processed in chunks of whole tile rows whose V and M buffers
+The 36 x G GEMMs of a chunk run one per Numba thread, BLAS held to one thread meanwhile (see
+_PER_THREAD and :mod:`nbconv.threads`). Tiles are processed in chunks of whole tile rows whose V
+and M buffers
 stay cache-sized and within :func:`nbconv.cpu.im2col.get_workspace_limit`.
 """
 from functools import lru_cache
 from math import prod
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
 from numba import get_num_threads, njit, prange
 from numpy.lib.stride_tricks import as_strided
+from threadpoolctl import ThreadpoolController
 
 from ..spec import GRAD_INPUT, GRAD_WEIGHTS
 from . import im2col
@@ -79,13 +82,16 @@ _U_BLOCK = 4 * 2**20
 _U_UNBLOCKED = 16 * 2**20
 _BLOCKED_CHUNK_BYTES = 16 * 2**20
 _SLICE_MIN_TILES = 16
-# OpenBLAS runs a GEMM on the calling thread alone when m*n*k <= 65536 * 4 (interface/gemm.c:
-# SMP_THRESHOLD_MIN x GEMM_MULTITHREAD_THRESHOLD). The depth-slice path's GEMMs are that small
-# (C3D: 32 x 96 x 49) and numpy's stacked matmul runs them one after another on one core, so
-# they run one per Numba thread instead (_slice_gemm): BLAS inside a prange region, but never a
-# BLAS that starts threads of its own there. C3D's 36 x 4 of them per chunk: 0.42 -> 0.24 ms; its
-# forward and grad-input 3.26 -> 2.25 ms (medians of 21 alternating rounds, one process).
-_SMALL_GEMM = 65536 * 4
+# The 36 x G GEMMs of a chunk are independent: they run one per Numba thread, each on one core
+# (BLAS held to one thread meanwhile, _blas_one_thread), not one after another in numpy's stacked
+# matmul with OpenBLAS splitting each across the cores. Measured side by side (2 threads, medians
+# of 11 alternating rounds, one process, load 0.8-1.2), whole calls, per-thread / stacked: ResNet's
+# 3x3 at 7x7 0.71 / 0.72 / 0.75 (forward / grad-input / grad-weights; its GEMMs are
+# (57 x 512) @ (512 x 32)), at 56x56 0.88 / 0.90 / 0.94, the dilated layer 1.00 / 0.95 / 0.92;
+# C3D's depth-slice GEMMs (32 x 96) @ (96 x 49), which OpenBLAS runs on one core anyway, 0.69 in
+# forward and grad-input. (Splitting one large GEMM in two the same way is slower than OpenBLAS's
+# own threads: 90-162 against 140-183 GFLOP/s on im2col's shapes.)
+_PER_THREAD = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -643,11 +649,59 @@ class _Chunk:
 @njit(parallel=True, cache=True)
 def _slice_gemm(U3, V, M, ci):
     """M[xi, s] = U3[xi] @ (the U3.shape[2] rows of V[xi] from row s*ci): np.matmul(U3, B, out=M)
-    of _correlate_slices, one GEMM per task (see _SMALL_GEMM)."""
+    of _correlate_slices, one GEMM per task (see _PER_THREAD)."""
     nd, K = M.shape[1], U3.shape[2]
     for t in prange(U3.shape[0] * nd):
         xi, s = t // nd, t % nd
         np.dot(U3[xi], V[xi, s * ci:s * ci + K], M[xi, s])
+
+
+@njit(parallel=True, cache=True)
+def _gemm_rows(U, V, M, a0):
+    """M[xi, g, a0 : a0 + U.shape[2]] = U[xi, g] @ V[xi, g] for every (xi, g), one per task."""
+    X, G, Ab = U.shape[0], U.shape[1], U.shape[2]
+    for t in prange(X * G):
+        xi, g = t // G, t % G
+        np.dot(U[xi, g], V[xi, g], M[xi, g, a0:a0 + Ab])
+
+
+@njit(parallel=True, cache=True)
+def _gemm_dw(Md, V, dU, a0):
+    """dU[xi, g] = Md[xi, g, a0 : a0 + dU.shape[2]] @ V[xi, g]^T for every (xi, g), one per task."""
+    X, G, Ab = dU.shape[0], dU.shape[1], dU.shape[2]
+    for t in prange(X * G):
+        xi, g = t // G, t % G
+        np.dot(Md[xi, g, a0:a0 + Ab], V[xi, g].T, dU[xi, g])
+
+
+_blas_libs = None
+
+
+@contextmanager
+def _blas_one_thread():
+    """Every BLAS library single-threaded for the block: the GEMMs of a prange region, one per
+    Numba thread, must not start BLAS threads of their own."""
+    global _blas_libs
+    if _blas_libs is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS of Numba's np.dot, loaded now)
+        _blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    before = [c.num_threads for c in _blas_libs]
+    for c in _blas_libs:
+        c.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for c, n in zip(_blas_libs, before):
+            c.set_num_threads(n)
+
+
+def _matmul(U, V, M, a0=0):
+    """M[:, :, a0:a0+Ab] = U @ V, the stacked (36, G) GEMMs of _correlate (see _PER_THREAD)."""
+    if _PER_THREAD:
+        with _blas_one_thread():
+            _gemm_rows(U, V, M, a0)
+    else:
+        np.matmul(U, V, out=M[:, :, a0:a0 + U.shape[2]])
 
 
 def _weights_flip(spec, w):
@@ -699,8 +753,9 @@ def _correlate_slices(spec, plan, inp, w, transposed, out):
                              plan.pads[0], plan.th_in0, dh, plan.cls_in, dw, plan.cmin, plan.Wb)
             vp = V
             M = mb[:_NX * nd * co * T2].reshape(_NX, nd, co, T2)
-            if co * KD * ci * T2 <= _SMALL_GEMM:
-                _slice_gemm(U3.reshape(_NX, co, KD * ci), V, M, ci)
+            if _PER_THREAD:
+                with _blas_one_thread():
+                    _slice_gemm(U3.reshape(_NX, co, KD * ci), V, M, ci)
             else:
                 s0, s1, s2 = V.strides
                 B = as_strided(V, shape=(_NX, nd, KD * ci, T2), strides=(s0, ci * s1, s1, s2),
@@ -729,13 +784,13 @@ def _correlate(spec, plan, inp, w, transposed, out):
         ch.input_transform(inp, V, r0, nr)
         V4, M4 = V.reshape(_NX, G, R, T), M.reshape(_NX, G, A, T)
         if Ab == A:
-            np.matmul(U, V4, out=M4)
+            _matmul(U, V4, M4)
         else:
             for a0 in range(0, A, Ab):
                 ab = min(Ab, A - a0)
                 Ub = ub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
                 _weight_transform(w3, Ub, transposed, a0, flip)
-                np.matmul(Ub, V4, out=M4[:, :, a0:a0 + ab])
+                _matmul(Ub, V4, M4, a0)
         _output_transform(M, out, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
                           plan.cls_out, dw, plan.OWb)
     return out
@@ -763,7 +818,7 @@ def _grad_weights_slices(spec, plan, x, dy):
     dU[:, :, :, kd] = Md @ V[:, :, kd-th range]^T, whose inner dimension runs over all the tiles
     of the chunk. C3D's 3x3x3 (2 threads, old vs new side by side in one process): 4.4 -> 3.2 ms.
     (Running these products one (xi, kd) per thread, as _slice_gemm does the forward's, in pieces
-    below _SMALL_GEMM: 0.97x the time, not worth a second kernel.)"""
+    OpenBLAS runs on one core: 0.97x the time, not worth a second kernel.)"""
     KD = spec.kernel[0]
     ci, co, A, R, nod = plan.ci, plan.co, plan.A, plan.R, plan.nod
     OD = plan.out_size[0]
@@ -818,7 +873,11 @@ def grad_weights(spec, x, dy):
         for a0 in range(0, A, Ab):
             ab = min(Ab, A - a0)
             dU = dub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
-            np.matmul(md[:, :, a0:a0 + ab], vt, out=dU)
+            if _PER_THREAD:
+                with _blas_one_thread():
+                    _gemm_dw(md, V.reshape(_NX, G, R, T), dU, a0)
+            else:
+                np.matmul(md[:, :, a0:a0 + ab], vt, out=dU)
             _weight_adjoint(dU, dw3, a0, i > 0)
     return _finish_dw(spec, dw3)
 
