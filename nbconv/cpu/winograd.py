@@ -198,16 +198,19 @@ def _weight_adjoint(dU, dw, a0, accumulate):
     Og = dw.shape[0] // G
     r6, r12, r24 = dU.dtype.type(_R6), dU.dtype.type(_R12), dU.dtype.type(_R24)
     for t in prange(G * Ab):
-        du = dU[:, t // Ab, t % Ab]  # (36, R)
+        g, al = t // Ab, t % Ab
         h = np.empty((18, R), dtype=dU.dtype)  # h[kh*6 + j] = sum_i G[i, kh] du[i*6 + j]
         q = np.empty((9, R), dtype=dU.dtype)  # q[kh*3 + kw] = sum_j G[j, kw] h[kh*6 + j]
         for j in range(6):
-            _gt_rows(du[j], du[6 + j], du[12 + j], du[18 + j], du[24 + j], du[30 + j], h[j],
-                     h[6 + j], h[12 + j], r6, r12, r24)
+            # rows indexed whole (dU[i, g, al]): as rows of a dU[:, g, al] view they were typed
+            # non-contiguous and the loops ran 2.4x slower (ResNet's 512-channel block of 57
+            # rows: 0.31-0.41 ms per call, now 0.13-0.15, like the forward transform's)
+            _gt_rows(dU[j, g, al], dU[6 + j, g, al], dU[12 + j, g, al], dU[18 + j, g, al],
+                     dU[24 + j, g, al], dU[30 + j, g, al], h[j], h[6 + j], h[12 + j], r6, r12, r24)
         for kh in range(3):
             _gt_rows(h[6 * kh], h[6 * kh + 1], h[6 * kh + 2], h[6 * kh + 3], h[6 * kh + 4],
                      h[6 * kh + 5], q[3 * kh], q[3 * kh + 1], q[3 * kh + 2], r6, r12, r24)
-        dst = dw[(t // Ab) * Og + a0 + t % Ab].reshape((R, 9))
+        dst = dw[g * Og + a0 + al].reshape((R, 9))
         for k in range(9):
             qk = q[k]
             if accumulate:
