@@ -2,8 +2,9 @@
 
 The GEMM-based algorithms alternate Numba kernels (im2col, col2im) with BLAS calls made from Python
 between them, never from inside a ``prange`` region, so at most one of the two pools runs at a
-time. The one exception runs only GEMMs small enough that OpenBLAS keeps them on the calling
-thread, one per Numba worker (winograd's depth slices, see ``nbconv.cpu.winograd._SMALL_GEMM``). Both pools are sized to the same count, so neither ever asks for more cores than the other
+time. The one exception, winograd's independent GEMMs (``nbconv.cpu.winograd._PER_THREAD``), runs
+one GEMM per Numba worker with every BLAS held to one thread meanwhile (:func:`blas_one_thread`).
+Both pools are sized to the same count, so neither ever asks for more cores than the other
 was given. The initial count is ``NBCONV_NUM_THREADS`` if set, else Numba's default (the number of
 cores, or ``NUMBA_NUM_THREADS``).
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import threading
 from contextlib import contextmanager
 
 import numba
@@ -127,6 +129,61 @@ def _initial():
     except ValueError:
         raise ValueError(f"{ENV_VAR} must be an integer, got {value!r}") from None
     return _check(n, ENV_VAR)
+
+
+def _blas_counters():
+    """(get, set) of every loaded BLAS library's thread count, process-wide. For OpenBLAS its own C
+    functions: threadpoolctl lets only the first thread that set a limit set one on a pthreads
+    OpenBLAS (others silently do nothing), and kernels run from any Python thread."""
+    out = []
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api != "blas":
+            continue
+        get = put = None
+        if lib.internal_api == "openblas":
+            for pre in ("", "scipy_"):
+                for suf in ("", "64_", "_64"):
+                    g = getattr(lib.dynlib, f"{pre}openblas_get_num_threads{suf}", None)
+                    p = getattr(lib.dynlib, f"{pre}openblas_set_num_threads{suf}", None)
+                    if g is not None and p is not None and get is None:
+                        get, put = g, p
+        if get is None:
+            get, put = (lambda lib=lib: lib.num_threads), lib.set_num_threads
+        out.append((get, put))
+    return out
+
+
+_one_lock = threading.Lock()
+_one_users = 0  # blocks inside blas_one_thread now, from any thread
+_one_saved = []
+_one_counters = None
+
+
+@contextmanager
+def blas_one_thread():
+    """Every BLAS library single-threaded for the block, process-wide: for GEMMs that run one per
+    Numba thread inside a prange region (see nbconv.cpu.winograd._PER_THREAD). Blocks may overlap
+    (convolutions run from several Python threads): the first saves the counts, the last restores
+    them."""
+    global _one_users, _one_saved, _one_counters
+    with _one_lock:
+        if _one_counters is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (the BLAS of Numba's np.dot, loaded now)
+
+            _one_counters = _blas_counters()
+        if _one_users == 0:
+            _one_saved = [get() for get, _ in _one_counters]
+            for _, put in _one_counters:
+                put(1)
+        _one_users += 1
+    try:
+        yield
+    finally:
+        with _one_lock:
+            _one_users -= 1
+            if _one_users == 0:
+                for (_, put), n in zip(_one_counters, _one_saved):
+                    put(n)
 
 
 if BLAS_TIMEOUT_SET:

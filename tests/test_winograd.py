@@ -303,3 +303,40 @@ def test_per_thread_gemms_leave_the_blas_thread_counts_as_they_were():
     after = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
     assert inside and all(n == 1 for n in inside.values()), inside
     assert {k: after[k] for k in before} == before
+
+
+def test_overlapping_per_thread_gemms_from_two_threads_restore_the_blas_counts():
+    """Two Python threads whose one-thread-BLAS blocks overlap (the counts are process-wide): the
+    counts come back to what they were, not to the 1 the second block saw on entry, and a block
+    entered from a thread other than the first one to set a limit does hold BLAS to one thread
+    (threadpoolctl alone ignores such a thread's limits on a pthreads OpenBLAS)."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    def counts():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with W._blas_one_thread():  # loads SciPy's BLAS, so that `before` lists it
+        pass
+    before = counts()
+    entered, release = threading.Event(), threading.Event()
+
+    inside = []
+
+    def second():
+        with W._blas_one_thread():
+            inside.append(counts())
+            entered.set()
+            release.wait(30)
+
+    with W._blas_one_thread():
+        t = threading.Thread(target=second)
+        t.start()
+        assert entered.wait(30)
+    # the first block has ended while the second still runs: still one thread
+    assert all(n == 1 for n in counts().values())
+    assert inside and all(n == 1 for n in inside[0].values()), inside
+    release.set()
+    t.join(30)
+    assert counts() == before

@@ -38,14 +38,13 @@ stay cache-sized and within :func:`nbconv.cpu.im2col.get_workspace_limit`.
 """
 from functools import lru_cache
 from math import prod
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
 from numba import get_num_threads, njit, prange
 from numpy.lib.stride_tricks import as_strided
-from threadpoolctl import ThreadpoolController
 
+from .. import threads as _threads
 from ..spec import GRAD_INPUT, GRAD_WEIGHTS
 from . import im2col
 from .direct import _FASTMATH
@@ -688,25 +687,7 @@ def _slice_gemm_w(Md, V, dU, T2):
         dU[xi, :, :, kd] = np.dot(Md[xi], vk.T)
 
 
-_blas_libs = None
-
-
-@contextmanager
-def _blas_one_thread():
-    """Every BLAS library single-threaded for the block: the GEMMs of a prange region, one per
-    Numba thread, must not start BLAS threads of their own."""
-    global _blas_libs
-    if _blas_libs is None:
-        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS of Numba's np.dot, loaded now)
-        _blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-    before = [c.num_threads for c in _blas_libs]
-    for c in _blas_libs:
-        c.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for c, n in zip(_blas_libs, before):
-            c.set_num_threads(n)
+_blas_one_thread = _threads.blas_one_thread
 
 
 def _matmul(U, V, M, a0=0):
