@@ -2,7 +2,7 @@
 
 The GEMM-based algorithms alternate Numba kernels (im2col, col2im) with BLAS calls made from Python
 between them, never from inside a ``prange`` region, so at most one of the two pools runs at a
-time. The one exception, winograd's independent GEMMs (``nbconv.cpu.winograd._PER_THREAD``), runs
+time. The one exception, winograd's independent GEMMs (``nbconv.cpu.winograd._gemm_rows``), runs
 one GEMM per Numba worker with every BLAS held to one thread meanwhile (:func:`blas_one_thread`).
 Both pools are sized to the same count, so neither ever asks for more cores than the other
 was given. The initial count is ``NBCONV_NUM_THREADS`` if set, else Numba's default (the number of
@@ -162,7 +162,7 @@ _one_counters = None
 @contextmanager
 def blas_one_thread():
     """Every BLAS library single-threaded for the block, process-wide: for GEMMs that run one per
-    Numba thread inside a prange region (see nbconv.cpu.winograd._PER_THREAD). Blocks may overlap
+    Numba thread inside a prange region (see nbconv.cpu.winograd._gemm_rows). Blocks may overlap
     (convolutions run from several Python threads): the first saves the counts, the last restores
     them."""
     global _one_users, _one_saved, _one_counters

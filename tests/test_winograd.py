@@ -159,10 +159,8 @@ def small_chunks(monkeypatch):
     W._plan_for.cache_clear()
 
 
-@pytest.mark.parametrize("per_thread", [True, False], ids=["per-thread-gemms", "stacked-matmul"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_several_chunks_and_weight_blocks(small_chunks, monkeypatch, dtype, per_thread):
-    monkeypatch.setattr(W, "_PER_THREAD", per_thread)
+def test_several_chunks_and_weight_blocks(small_chunks, dtype):
     spec = _spec((3, 8, 11, 10), (12, 4, 3, 3), border_mode=1, num_groups=2)
     plan = W._plan(spec)
     assert plan.rows == 9 and plan.nr <= 2 and plan.Ab < plan.A
@@ -233,15 +231,13 @@ def _slice_case(rng, dtype):
             return x_shape, w_shape, kw
 
 
-@pytest.mark.parametrize("per_thread", [True, False], ids=["per-thread-gemms", "stacked-matmul"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_depth_slices(monkeypatch, dtype, per_thread):
+def test_depth_slices(monkeypatch, dtype):
     """The 3D path that transforms every input depth slice once (_correlate_slices and
     _grad_weights_slices), all three directions against the reference: chunks of one, two and all
     output slices (a shorter last chunk; forward and grad-input start every chunk after the first
     from the previous one's last KD - 1 slices), pads that put whole slices outside the input."""
     monkeypatch.setattr(W, "_SLICE_MIN_TILES", 1)  # planes of any size take the path
-    monkeypatch.setattr(W, "_PER_THREAD", per_thread)
     W._plan_for.cache_clear()
     rng = np.random.default_rng(31 + (dtype == np.float64))
     failures = []
@@ -285,58 +281,3 @@ def test_depth_slices_where_they_apply():
     assert W._plan(_spec((2, 4, 8, 28, 28), (4, 4, 1, 3, 3))).nod == 0
     assert W._plan(_spec((2, 4, 8, 8, 8), (4, 4, 3, 3, 3))).nod == 0
 
-
-def test_per_thread_gemms_leave_the_blas_thread_counts_as_they_were():
-    """The GEMMs that run one per Numba thread hold every BLAS to one thread meanwhile, and give
-    the counts back afterwards (also when a kernel raises)."""
-    from threadpoolctl import threadpool_info
-
-    before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-    rng = np.random.default_rng(5)
-    msgs = _check_all_directions(rng, (2, 4, 9, 9), (4, 4, 3, 3), {"border_mode": 1}, np.float32)
-    assert not msgs, "\n".join(msgs)
-    with W._blas_one_thread():
-        inside = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-        with pytest.raises(ZeroDivisionError):
-            with W._blas_one_thread():
-                1 / 0
-    after = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-    assert inside and all(n == 1 for n in inside.values()), inside
-    assert {k: after[k] for k in before} == before
-
-
-def test_overlapping_per_thread_gemms_from_two_threads_restore_the_blas_counts():
-    """Two Python threads whose one-thread-BLAS blocks overlap (the counts are process-wide): the
-    counts come back to what they were, not to the 1 the second block saw on entry, and a block
-    entered from a thread other than the first one to set a limit does hold BLAS to one thread
-    (threadpoolctl alone ignores such a thread's limits on a pthreads OpenBLAS)."""
-    import threading
-
-    from threadpoolctl import threadpool_info
-
-    def counts():
-        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-
-    with W._blas_one_thread():  # loads SciPy's BLAS, so that `before` lists it
-        pass
-    before = counts()
-    entered, release = threading.Event(), threading.Event()
-
-    inside = []
-
-    def second():
-        with W._blas_one_thread():
-            inside.append(counts())
-            entered.set()
-            release.wait(30)
-
-    with W._blas_one_thread():
-        t = threading.Thread(target=second)
-        t.start()
-        assert entered.wait(30)
-    # the first block has ended while the second still runs: still one thread
-    assert all(n == 1 for n in counts().values())
-    assert inside and all(n == 1 for n in inside[0].values()), inside
-    release.set()
-    t.join(30)
-    assert counts() == before

@@ -7,7 +7,7 @@ transform-domain position ``xi``::
 
     U[xi, g] (A x R)   weights, transformed per call (per block of rows when large)
     V[xi, g] (R x T)   input tiles, transformed per chunk of tiles
-    M[xi, g] (A x T) = U[xi, g] @ V[xi, g]       (one stacked np.matmul over (36, G))
+    M[xi, g] (A x T) = U[xi, g] @ V[xi, g]       (one per Numba thread, _gemm_rows)
 
 then ``A^T M A`` scatters each tile back, clipped at ragged edges. The reduction index R is
 (input channel, kd): a 3D problem is a sum over kd of 2D Winograd convolutions, stacked into the
@@ -32,9 +32,9 @@ float32 is ~10x closer. Accurate enough, so F(4x4) throughout rather than F(2x2)
 1.8x the GEMM work.
 
 The 36 x G GEMMs of a chunk run one per Numba thread, BLAS held to one thread meanwhile (see
-_PER_THREAD and :mod:`nbconv.threads`). Tiles are processed in chunks of whole tile rows whose V
-and M buffers
-stay cache-sized and within :func:`nbconv.cpu.im2col.get_workspace_limit`.
+_gemm_rows and :func:`nbconv.threads.blas_one_thread`). Tiles are processed in chunks of whole
+tile rows whose V and M buffers stay cache-sized and within
+:func:`nbconv.cpu.im2col.get_workspace_limit`.
 """
 from functools import lru_cache
 from math import prod
@@ -42,7 +42,6 @@ from types import SimpleNamespace
 
 import numpy as np
 from numba import get_num_threads, njit, prange
-from numpy.lib.stride_tricks import as_strided
 
 from .. import threads as _threads
 from ..spec import GRAD_INPUT, GRAD_WEIGHTS
@@ -81,16 +80,6 @@ _U_BLOCK = 4 * 2**20
 _U_UNBLOCKED = 16 * 2**20
 _BLOCKED_CHUNK_BYTES = 16 * 2**20
 _SLICE_MIN_TILES = 16
-# The 36 x G GEMMs of a chunk are independent: they run one per Numba thread, each on one core
-# (BLAS held to one thread meanwhile, _blas_one_thread), not one after another in numpy's stacked
-# matmul with OpenBLAS splitting each across the cores. Measured side by side (2 threads, medians
-# of 11 alternating rounds, one process, load 0.8-1.2), whole calls, per-thread / stacked: ResNet's
-# 3x3 at 7x7 0.71 / 0.72 / 0.75 (forward / grad-input / grad-weights; its GEMMs are
-# (57 x 512) @ (512 x 32)), at 56x56 0.88 / 0.90 / 0.94, the dilated layer 1.00 / 0.95 / 0.92;
-# C3D's depth-slice GEMMs (32 x 96) @ (96 x 49), which OpenBLAS runs on one core anyway, 0.69 in
-# forward and grad-input. (Splitting one large GEMM in two the same way is slower than OpenBLAS's
-# own threads: 90-162 against 140-183 GFLOP/s on im2col's shapes.)
-_PER_THREAD = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,8 +639,8 @@ class _Chunk:
 
 @njit(parallel=True, cache=True)
 def _slice_gemm(U3, V, M, ci):
-    """M[xi, s] = U3[xi] @ (the U3.shape[2] rows of V[xi] from row s*ci): np.matmul(U3, B, out=M)
-    of _correlate_slices, one GEMM per task (see _PER_THREAD)."""
+    """M[xi, s] = U3[xi] @ (the U3.shape[2] rows of V[xi] from row s*ci), one GEMM per task (see
+    _gemm_rows): output slice s reads the KD input slices from s on."""
     nd, K = M.shape[1], U3.shape[2]
     for t in prange(U3.shape[0] * nd):
         xi, s = t // nd, t % nd
@@ -660,7 +649,18 @@ def _slice_gemm(U3, V, M, ci):
 
 @njit(parallel=True, cache=True)
 def _gemm_rows(U, V, M, a0):
-    """M[xi, g, a0 : a0 + U.shape[2]] = U[xi, g] @ V[xi, g] for every (xi, g), one per task."""
+    """M[xi, g, a0 : a0 + U.shape[2]] = U[xi, g] @ V[xi, g] for every (xi, g), one per task (run
+    under nbconv.threads.blas_one_thread, as every GEMM kernel below).
+
+    The 36 x G GEMMs of a chunk are independent: they run one per Numba thread, each on one core,
+    not one after another in numpy's stacked matmul with OpenBLAS splitting each across the cores.
+    Measured side by side (2 threads, medians of 11 alternating rounds, one process, load 0.8-1.2),
+    whole calls, per-thread / stacked: ResNet's 3x3 at 7x7 0.71 / 0.72 / 0.75 (forward /
+    grad-input / grad-weights; its GEMMs are (57 x 512) @ (512 x 32)), at 56x56 0.88 / 0.90 /
+    0.94, the dilated layer 1.00 / 0.95 / 0.92; C3D's depth-slice GEMMs (32 x 96) @ (96 x 49),
+    which OpenBLAS runs on one core anyway, 0.69 in forward and grad-input, its grad-weights
+    0.80-0.84. (Splitting one large GEMM in two the same way is slower than OpenBLAS's own
+    threads: 90-162 against 140-183 GFLOP/s on im2col's shapes.)"""
     X, G, Ab = U.shape[0], U.shape[1], U.shape[2]
     for t in prange(X * G):
         xi, g = t // G, t % G
@@ -679,7 +679,7 @@ def _gemm_dw(Md, V, dU, a0):
 @njit(parallel=True, cache=True)
 def _slice_gemm_w(Md, V, dU, T2):
     """dU[xi, :, :, kd] = Md[xi] @ V[xi][:, kd*T2 : kd*T2 + Md.shape[2]]^T for every (xi, kd),
-    one per task: the stacked matmuls of _grad_weights_slices (see _PER_THREAD)."""
+    one per task (see _gemm_rows)."""
     KD, L = dU.shape[3], Md.shape[2]
     for t in prange(Md.shape[0] * KD):
         xi, kd = t // KD, t % KD
@@ -687,16 +687,11 @@ def _slice_gemm_w(Md, V, dU, T2):
         dU[xi, :, :, kd] = np.dot(Md[xi], vk.T)
 
 
-_blas_one_thread = _threads.blas_one_thread
-
-
-def _matmul(U, V, M, a0=0):
-    """M[:, :, a0:a0+Ab] = U @ V, the stacked (36, G) GEMMs of _correlate (see _PER_THREAD)."""
-    if _PER_THREAD:
-        with _blas_one_thread():
-            _gemm_rows(U, V, M, a0)
-    else:
-        np.matmul(U, V, out=M[:, :, a0:a0 + U.shape[2]])
+def _slice_chunks(N, OD, nod):
+    """(image, first output slice) of every chunk of the depth-slice paths, in order."""
+    for n in range(N):
+        for od0 in range(0, OD, nod):
+            yield n, od0
 
 
 def _weights_flip(spec, w):
@@ -714,8 +709,8 @@ def _correlate_slices(spec, plan, inp, w, transposed, out):
 
     V holds a chunk's transformed input slices as rows (slice, channel), tiles of one slice along
     its columns, so output slice od's operand, the rows (kd, c) of slices od .. od+KD-1, is the
-    contiguous block of KD*Ci rows from row od*Ci: one strided view, one stacked GEMM with the
-    weights reordered (kd, c). The row-task layout of _correlate instead transforms each slice
+    contiguous block of KD*Ci rows from row od*Ci: one GEMM per (xi, od) with the weights
+    reordered (kd, c). The row-task layout of _correlate instead transforms each slice
     once per kd. C3D's 3x3x3 (2 threads, one process, old vs new side by side): forward 4.4 ->
     3.4 ms, grad-input 4.3 -> 3.3; its input transform 2.8 -> ~1.0 ms, its GEMMs, on 49 columns
     instead of ~160, 1.7 -> 1.8. Chunks of output slices stay within the forward's budget (C3D:
@@ -734,10 +729,10 @@ def _correlate_slices(spec, plan, inp, w, transposed, out):
     _weight_transform(w3, U, transposed, 0, flip)
     U3 = ub[_NX * A * R:].reshape(_NX, A, KD, ci)
     U3[...] = U.reshape(_NX, A, ci, KD).transpose(0, 1, 3, 2)
-    U3 = U3.reshape(_NX, 1, A, KD * ci)
+    U3 = U3.reshape(_NX, A, KD * ci)
     halo = (KD - 1) * ci  # rows of the slices a chunk shares with the next
-    for n in range(spec.batch):
-        for od0 in range(0, OD, nod):
+    with _threads.blas_one_thread():
+        for n, od0 in _slice_chunks(spec.batch, OD, nod):
             nd = min(nod, OD - od0)
             V = vb[:_NX * (nd + KD - 1) * ci * T2].reshape(_NX, (nd + KD - 1) * ci, T2)
             first = 0
@@ -748,14 +743,7 @@ def _correlate_slices(spec, plan, inp, w, transposed, out):
                              plan.pads[0], plan.th_in0, dh, plan.cls_in, dw, plan.cmin, plan.Wb)
             vp = V
             M = mb[:_NX * nd * co * T2].reshape(_NX, nd, co, T2)
-            if _PER_THREAD:
-                with _blas_one_thread():
-                    _slice_gemm(U3.reshape(_NX, co, KD * ci), V, M, ci)
-            else:
-                s0, s1, s2 = V.strides
-                B = as_strided(V, shape=(_NX, nd, KD * ci, T2), strides=(s0, ci * s1, s1, s2),
-                               writeable=False)
-                np.matmul(U3, B, out=M)
+            _slice_gemm(U3, V, M, ci)
             _slice_output(M.reshape(_NX, nd * co, T2), out, n, od0, _nblk(nd * co * len(plan.th_out0)),
                           plan.th_out0, plan.th_nv, dh, plan.cls_out, dw, plan.OWb)
     return out
@@ -774,20 +762,21 @@ def _correlate(spec, plan, inp, w, transposed, out):
     if Ab == A:
         U = ub.reshape(_NX, G, A, R)
         _weight_transform(w3, U, transposed, 0, flip)
-    for r0, nr in _chunks(plan):
-        V, M, T = ch.views(nr)
-        ch.input_transform(inp, V, r0, nr)
-        V4, M4 = V.reshape(_NX, G, R, T), M.reshape(_NX, G, A, T)
-        if Ab == A:
-            _matmul(U, V4, M4)
-        else:
-            for a0 in range(0, A, Ab):
-                ab = min(Ab, A - a0)
-                Ub = ub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
-                _weight_transform(w3, Ub, transposed, a0, flip)
-                _matmul(Ub, V4, M4, a0)
-        _output_transform(M, out, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
-                          plan.cls_out, dw, plan.OWb)
+    with _threads.blas_one_thread():
+        for r0, nr in _chunks(plan):
+            V, M, T = ch.views(nr)
+            ch.input_transform(inp, V, r0, nr)
+            V4, M4 = V.reshape(_NX, G, R, T), M.reshape(_NX, G, A, T)
+            if Ab == A:
+                _gemm_rows(U, V4, M4, 0)
+            else:
+                for a0 in range(0, A, Ab):
+                    ab = min(Ab, A - a0)
+                    Ub = ub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
+                    _weight_transform(w3, Ub, transposed, a0, flip)
+                    _gemm_rows(Ub, V4, M4, a0)
+            _output_transform(M, out, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
+                              plan.cls_out, dw, plan.OWb)
     return out
 
 
@@ -811,8 +800,8 @@ def _grad_weights_slices(spec, plan, x, dy):
     transformed once. Channel-major (V[xi, c] holds slice after slice), the slices kd .. kd+nd
     that meet dy's nd output slices are one contiguous column range of V: per kd one stacked GEMM
     dU[:, :, :, kd] = Md @ V[:, :, kd-th range]^T, whose inner dimension runs over all the tiles
-    of the chunk. C3D's 3x3x3 (2 threads, old vs new side by side in one process): 4.4 -> 3.2 ms;
-    with these products one (xi, kd) per thread (_slice_gemm_w) 0.80-0.84x that (25 rounds)."""
+    of the chunk, one (xi, kd) per thread. C3D's 3x3x3 (2 threads, old vs new side by side in one
+    process): 4.4 -> 3.2 ms with stacked matmuls, 0.80-0.84x that one per thread (25 rounds)."""
     KD = spec.kernel[0]
     ci, co, A, R, nod = plan.ci, plan.co, plan.A, plan.R, plan.nod
     OD = plan.out_size[0]
@@ -824,9 +813,8 @@ def _grad_weights_slices(spec, plan, x, dy):
                                         _NX * co * nod * T2, _NX * A * R)
     dU = ub.reshape(_NX, A, ci, KD)
     dw3 = np.empty(spec.w_shape[:3] + (3, 3), dtype=spec.np_dtype)
-    first = True
-    for n in range(spec.batch):
-        for od0 in range(0, OD, nod):
+    with _threads.blas_one_thread():
+        for i, (n, od0) in enumerate(_slice_chunks(spec.batch, OD, nod)):
             nd = min(nod, OD - od0)
             ns = nd + KD - 1
             V = vb[:_NX * ci * ns * T2].reshape(_NX, ci, ns * T2)
@@ -836,15 +824,8 @@ def _grad_weights_slices(spec, plan, x, dy):
             Md = mb[:_NX * co * nd * T2].reshape(_NX, co, nd * T2)
             _dy_transform(dy, Md, (n * OD + od0) * nth, nd * nth, _nblk(nd * nth * co),
                           plan.th_out0, plan.th_nv, dh, plan.cls_out, dw, plan.OWb)
-            if _PER_THREAD:
-                with _blas_one_thread():
-                    _slice_gemm_w(Md, V, dU, T2)
-            else:
-                for kd in range(KD):
-                    np.matmul(Md, V[:, :, kd * T2:(kd + nd) * T2].transpose(0, 2, 1),
-                              out=dU[..., kd])
-            _weight_adjoint(dU.reshape(_NX, 1, A, R), dw3, 0, not first)
-            first = False
+            _slice_gemm_w(Md, V, dU, T2)
+            _weight_adjoint(dU.reshape(_NX, 1, A, R), dw3, 0, i > 0)
     return dw3
 
 
@@ -862,22 +843,18 @@ def grad_weights(spec, x, dy):
     dw3 = np.empty(spec.w_shape[:3] + (3, 3), dtype=spec.np_dtype)
     ch = _Chunk(spec, plan, _NX * G * Ab * R)
     dub = ch.ub
-    for i, (r0, nr) in enumerate(_chunks(plan)):
-        V, Md, T = ch.views(nr)
-        ch.input_transform(x, V, r0, nr)
-        _dy_transform(dy, Md, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
-                      plan.cls_out, dw, plan.OWb)
-        vt = V.reshape(_NX, G, R, T).transpose(0, 1, 3, 2)
-        md = Md.reshape(_NX, G, A, T)
-        for a0 in range(0, A, Ab):
-            ab = min(Ab, A - a0)
-            dU = dub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
-            if _PER_THREAD:
-                with _blas_one_thread():
-                    _gemm_dw(md, V.reshape(_NX, G, R, T), dU, a0)
-            else:
-                np.matmul(md[:, :, a0:a0 + ab], vt, out=dU)
-            _weight_adjoint(dU, dw3, a0, i > 0)
+    with _threads.blas_one_thread():
+        for i, (r0, nr) in enumerate(_chunks(plan)):
+            V, Md, T = ch.views(nr)
+            ch.input_transform(x, V, r0, nr)
+            _dy_transform(dy, Md, r0, nr, _nblk(nr * plan.co), plan.th_out0, plan.th_nv, dh,
+                          plan.cls_out, dw, plan.OWb)
+            md = Md.reshape(_NX, G, A, T)
+            for a0 in range(0, A, Ab):
+                ab = min(Ab, A - a0)
+                dU = dub[:_NX * G * ab * R].reshape(_NX, G, ab, R)
+                _gemm_dw(md, V.reshape(_NX, G, R, T), dU, a0)
+                _weight_adjoint(dU, dw3, a0, i > 0)
     return _finish_dw(spec, dw3)
 
 
