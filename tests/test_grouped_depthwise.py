@@ -189,7 +189,10 @@ def test_grad_weights_independent_of_thread_count():
 def test_guess_picks_them_for_the_suite_layers():
     _, problems = load_workload("suite")
     by_name = {p.name: p for p in problems}
-    for name in ("mbv2_dw", "resnext_g32"):
+    # phase_direct's 4-channel blocks fit ResNeXt's 4 channels per group too (measured faster
+    # than grouped_direct forward and grad-input: 2.4 vs 2.7-2.8 ms)
+    for name, picks in (("mbv2_dw", ("grouped_direct", "depthwise")),
+                        ("resnext_g32", ("grouped_direct", "phase_direct"))):
         for direction in DIRECTIONS:
             chosen = nbconv.registry.guess(by_name[name].spec(direction))
-            assert chosen.name in ("grouped_direct", "depthwise"), (name, direction, chosen.name)
+            assert chosen.name in picks, (name, direction, chosen.name)

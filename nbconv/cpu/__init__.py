@@ -110,3 +110,24 @@ def _fft_estimate(spec):
 
 
 _register("fft", fft, "real FFTs over the spatial axes, one complex GEMM per frequency; large kernels", _fft_estimate)
+
+from . import phase_direct  # noqa: E402
+
+
+def _phase_direct_estimate(spec):
+    # ~150 GFLOP/s on the widened grid for the 4-channel blocks (140-190 measured on the suite's
+    # stem, strided, 3x3 and 3D layers, 2 cores), ~30 for the channels left over when a group's
+    # count is not a multiple of 4 (one accumulator row per pass: the depthwise 3x3 measured 31),
+    # plus ~50 ns per pass (forward: 4 channels x 8 taps over a segment) or reduction block
+    # (grad-weights: 4 x 4), which dominates when the planes are small (ResNet's 3x3 at 7x7:
+    # 32 ms measured, 58 GFLOP/s)
+    widen, passes = phase_direct.cost(spec)
+    og = spec.group_out
+    blocked = (og - og % 4) / og
+    work = widen * spec.flops()
+    return 3 * _LAUNCH + work * (blocked / 150e9 + (1 - blocked) / 30e9) + passes * 50e-9 / 2
+
+
+_register("phase_direct", phase_direct,
+          "direct multiply-adds over flattened stride-phase planes, 4 output channels x 8 taps per "
+          "vector pass, no GEMM; grad-input of stride-1 problems as its adjoint's forward", _phase_direct_estimate)
