@@ -165,6 +165,25 @@ def limit():
     im2col.set_workspace_limit(saved)
 
 
+def test_workspace_never_exceeds_the_limit(limit):
+    """For random problems and limits: whenever the algorithm applies, its planned workspace
+    (what it allocates) fits the limit, and a chunk holds at least one image."""
+    rng = np.random.default_rng(9100)
+    fitted = refused = 0
+    for idx in range(150):
+        case = random_case(rng, int(rng.integers(1, 4)), idx, unshared=False,
+                           batch=int(rng.integers(1, 9)))
+        spec = _spec(case, ("forward", "grad_input", "grad_weights")[idx % 3])
+        limit(int(rng.integers(64, 20000)))
+        if not phase_direct.supports(spec):
+            refused += 1
+            continue
+        nb, ws = phase_direct._plan(spec)
+        assert 1 <= nb <= spec.batch and ws <= im2col.get_workspace_limit(), (case, nb, ws)
+        fitted += 1
+    assert fitted > 20 and refused > 20
+
+
 @pytest.mark.parametrize("direction", ["forward", "grad_input", "grad_weights"])
 def test_an_image_over_the_workspace_limit_is_not_applicable(limit, direction):
     x = np.ones((2, 3, 10, 10), dtype=np.float32)

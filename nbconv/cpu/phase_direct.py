@@ -88,15 +88,16 @@ def _segment(g):
 
 
 def _plan(spec):
-    """(images per chunk, workspace bytes): whole images whose scratch fits the cache-sized
-    chunk of im2col (at least one image), plus the forward tasks' accumulators (four segments per
-    thread) or grad-weights' per-thread sums."""
+    """(images per chunk, workspace bytes): the per-thread scratch (a forward task's four
+    accumulator rows, grad-weights' partial sums) plus as many whole images as fit the
+    cache-sized chunk of im2col and the workspace limit (at least one image)."""
     if spec.direction == GRAD_INPUT:
         return _plan(_adjoint(spec))
     item = spec.np_dtype.itemsize
-    per = _per_image(spec) * item
-    nb = min(spec.batch, max(1, min(_im2col._CHUNK_TARGET, _im2col.get_workspace_limit()) // per))
-    return nb, nb * per + _per_thread(spec) * item
+    per, fixed = _per_image(spec) * item, _per_thread(spec) * item
+    budget = min(_im2col._CHUNK_TARGET, _im2col.get_workspace_limit()) - fixed
+    nb = min(spec.batch, max(1, budget // per))
+    return nb, nb * per + fixed
 
 
 def _per_thread(spec):
