@@ -116,7 +116,7 @@ def test_adjoint_is_a_forward_problem_with_the_input_shape():
         case = random_case(rng, nd, idx, unshared=False, max_stride=1)
         spec = _spec(case, "grad_input")
         adj = phase_direct._adjoint(spec)
-        assert adj.direction == "forward" and not adj.flip
+        assert adj.direction == "forward" and adj.flip == (not spec.flip)
         assert (adj.batch, adj.in_channels, adj.out_channels) == (spec.batch, spec.out_channels,
                                                                   spec.in_channels)
         assert adj.x_shape == spec.y_shape and adj.y_shape == spec.x_shape

@@ -130,4 +130,5 @@ def _phase_direct_estimate(spec):
 
 _register("phase_direct", phase_direct,
           "direct multiply-adds over flattened stride-phase planes, 4 output channels x 8 taps per "
-          "vector pass, no GEMM; grad-input of stride-1 problems as its adjoint's forward", _phase_direct_estimate)
+          "vector pass, no GEMM; grad-input of stride-1 problems as its adjoint's forward", _phase_direct_estimate,
+          flips=True)

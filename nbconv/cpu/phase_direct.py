@@ -28,6 +28,10 @@ setup over 63 positions), where the channels are many (the 1x1 at 14x14 with 102
 Grad-input of a stride-1 problem is the forward pass of its adjoint (dy correlated with the
 flipped, transposed weights); a strided one is left to the others (dx's points would pair with
 taps of different phases).
+
+``filter_flip`` is applied in the offset table (weight tap k reads the row of tap K-1-k), so the
+algorithm takes the user's weights as they are (registered ``flips=True``): no flipped copy of
+the weights by dispatch, and none for the adjoint, whose flip is the opposite of the problem's.
 """
 from dataclasses import replace
 from functools import lru_cache
@@ -56,13 +60,14 @@ _SEG_GW = 1024
 @lru_cache(maxsize=256)
 def _adjoint(spec):
     """Grad-input of a stride-1 problem as a forward problem: dy correlated with the flipped
-    weights, input and output channels swapped per group, padded by (k - 1) * d - pad on each
-    side (the full correlation's padding less the forward's), so its output is dx's shape."""
+    weights (the opposite flip), input and output channels swapped per group, padded by
+    (k - 1) * d - pad on each side (the full correlation's padding less the forward's), so its
+    output is dx's shape."""
     lo = tuple((k - 1) * d - p for k, d, p in zip(spec.kernel, spec.dilation, spec.pad_lo))
     hi = tuple((k - 1) * d - p for k, d, p in zip(spec.kernel, spec.dilation, spec.pad_hi))
     return replace(spec, direction=FORWARD, in_channels=spec.out_channels,
                    out_channels=spec.in_channels, in_size=spec.out_size, out_size=spec.in_size,
-                   pad_lo=lo, pad_hi=hi, flip=False)
+                   pad_lo=lo, pad_hi=hi, flip=not spec.flip)
 
 
 def supports(spec):
@@ -373,11 +378,14 @@ def _gw_kernel(planes, offs, D, part, Lb, S, first):
 
 @lru_cache(maxsize=256)
 def _offsets(spec):
-    """off[grp, c*K + k]: where channel c of group grp, tap k reads in an image's planes
-    (C, nph, PS) flattened. Cached with the spec: never written to."""
+    """off[grp, c*K + k]: where channel c of group grp, weight tap k reads in an image's planes
+    (C, nph, PS) flattened; with ``spec.flip`` weight tap k reads tap K-1-k's row. Cached with
+    the spec: never written to."""
     g = _flat._grid(spec)
+    step = -1 if spec.flip else 1
     c = np.arange(spec.in_channels, dtype=np.int64)[:, None] * (len(g.phases) * g.PS)
-    return (c + g.tap_phase[None, :] * g.PS + g.tap_off[None, :]).reshape(spec.groups, -1)
+    tap = g.tap_phase[::step] * g.PS + g.tap_off[::step]
+    return (c + tap[None, :]).reshape(spec.groups, -1)
 
 
 def _fill(spec, g, x, planes, n0):
@@ -404,7 +412,8 @@ def forward(spec, x, w):
 
 def grad_input(spec, dy, w):
     G, Og, Cg = spec.groups, spec.group_out, spec.group_in
-    wa = w.reshape((G, Og, Cg) + spec.kernel)[:, :, :, ::-1, ::-1, ::-1].transpose(0, 2, 1, 3, 4, 5)
+    # the adjoint's flip reverses the taps: only the channels are transposed here
+    wa = w.reshape((G, Og, Cg) + spec.kernel).transpose(0, 2, 1, 3, 4, 5)
     return forward(_adjoint(spec), dy, np.ascontiguousarray(wa).reshape((spec.in_channels, Og) + spec.kernel))
 
 
