@@ -20,6 +20,15 @@ def algo_params():
     return cpu_algorithm_names() + [None]
 
 
+def for_direction(algo, direction):
+    """``algo`` where it implements ``direction``, else 'direct': sweeps that run all three
+    directions per case still check an algorithm's other directions (phase_tiled has no
+    grad-weights)."""
+    if algo is None or direction in nbconv.registry.get(algo).directions:
+        return algo
+    return "direct"
+
+
 def algo_id(a):
     return "auto" if a is None else str(a)
 
@@ -233,8 +242,11 @@ def hint(shape, rng, channel_axes=(0, 1)):
 class Sweep:
     """Runs cases, counting AlgorithmNotApplicable, collecting (not raising) mismatches."""
 
-    def __init__(self, algo):
+    def __init__(self, algo, direction=None):
         self.algo = algo
+        # an algorithm that does not implement the sweep's direction must refuse every case
+        self.implements = (algo is None or direction is None
+                           or direction in nbconv.registry.get(algo).directions)
         self.applicable = 0
         self.not_applicable = 0
         self.failures = []
@@ -256,7 +268,9 @@ class Sweep:
         by construction (e.g. separable convolutions for an unshared-only algorithm)."""
         total = self.applicable + self.not_applicable
         assert total > 0
-        if require_applicable:
+        if not self.implements:
+            assert self.applicable == 0, f"algo={self.algo!r} lacks this direction but ran {self.applicable} cases"
+        elif require_applicable:
             assert self.applicable > 0, f"algo={self.algo!r} was applicable to none of {total} cases"
         if self.algo in ("direct", None):
             assert self.not_applicable == 0, (

@@ -10,7 +10,7 @@ import pytest
 
 import nbconv
 import reference as R
-from helpers import Sweep, algo_id, algo_params, compare, hint, only_unshared, rand, random_case, with_layout
+from helpers import Sweep, algo_id, algo_params, compare, for_direction, hint, only_unshared, rand, random_case, with_layout
 
 ALGOS = algo_params()
 
@@ -100,7 +100,7 @@ def test_grad_input_sweep(nd, algo):
 @pytest.mark.parametrize("nd", [2, 3])
 def test_grad_weights_sweep(nd, algo):
     rng = np.random.default_rng(3000 + nd)
-    sweep = Sweep(algo)
+    sweep = Sweep(algo, "grad_weights")
     for idx in range(n_cases(360 if nd == 2 else 120, algo)):
         case = random_case(rng, nd, idx)
         x = rand(rng, case.x_shape, case.dtype, case.x_layout)
@@ -202,7 +202,8 @@ def test_conv1d_as_conv2d_singleton_axis_sweep(algo):
                 compare(nbconv.conv2d(x, w, **opts), y1.reshape(y_shape), case.dtype, sy),
                 compare(nbconv.conv2d_grad_wrt_inputs(dy, w, x_shape, **opts),
                         dx1.reshape(x_shape), case.dtype, sx),
-                compare(nbconv.conv2d_grad_wrt_weights(x, dy, w_shape, **opts),
+                compare(nbconv.conv2d_grad_wrt_weights(
+                    x, dy, w_shape, **{**opts, "algo": for_direction(algo, "grad_weights")}),
                         dw1.reshape(w_shape), case.dtype, sw),
             ]
             return "; ".join(f"{d}: {m}" for d, m in zip(("fwd", "gin", "gw"), msgs) if m)
@@ -305,7 +306,7 @@ def test_adjoint_identities(nd, algo):
         def thunk():
             y = FWD[nd](x, w, **opts)
             dx = GIN[nd](g, w, case.x_shape, **opts)
-            dw = GW[nd](x, g, case.w_shape, **opts)
+            dw = GW[nd](x, g, case.w_shape, **{**opts, "algo": for_direction(algo, "grad_weights")})
             a, b, c = np.vdot(y, g), np.vdot(x, dx), np.vdot(w, dw)
             bound = np.vdot(np.abs(y), np.abs(g)) + np.vdot(np.abs(x), np.abs(dx)) + 1.0
             if abs(a - b) > 1e-10 * bound or abs(a - c) > 1e-10 * bound:

@@ -28,7 +28,7 @@ def _im2col_estimate(spec):
 
 def _register(name, module, description, estimate, **extra):
     extra.update({k: getattr(module, k) for k in ("supports", "workspace") if hasattr(module, k)})
-    run = {FORWARD: module.forward, GRAD_INPUT: module.grad_input, GRAD_WEIGHTS: module.grad_weights}
+    run = {d: getattr(module, d) for d in (FORWARD, GRAD_INPUT, GRAD_WEIGHTS) if hasattr(module, d)}
     register(Algorithm(name=name, device="cpu", run=run, description=description, estimate=estimate, **extra))
 
 
@@ -132,3 +132,18 @@ _register("phase_direct", phase_direct,
           "direct multiply-adds over flattened stride-phase planes, 4 output channels x 8 taps per "
           "vector pass, no GEMM; grad-input of stride-1 problems as its adjoint's forward", _phase_direct_estimate,
           flips=True)
+from . import phase_tiled  # noqa: E402
+
+
+def _phase_tiled_estimate(spec):
+    # ~175 GFLOP/s on the rounded grid (strided 3x3 133-154, DCGAN 138-152, stem 142-153 measured
+    # under load 0.7-0.9, 2 cores), plus ~40 ns per tile (a block's rows for up to 6 output
+    # channels x 4 vectors), which dominates when the planes are small
+    widen, tiles = phase_tiled.cost(spec)
+    return 3 * _LAUNCH + widen * spec.flops() / 175e9 + tiles * 40e-9 / 2
+
+
+_register("phase_tiled", phase_tiled,
+          "phase_direct's planes with register-tiled accumulators (up to 6 output channels x 64 "
+          "positions per tile, LLVM vector IR); forward, and grad-input of stride-1 problems",
+          _phase_tiled_estimate, flips=True)

@@ -1,0 +1,166 @@
+"""phase_tiled: its LLVM micro-kernel for every tile shape, and the tiling's edges (output
+channels left over after the 6-channel tiles, rows not a multiple of the block, segments rounded
+up to whole vectors, several segments and chunks) against the reference.
+
+The registry-parametrized sweeps run it at its default sizes, where small problems are one block
+of rows in one segment of one chunk; here the sizes shrink so every boundary is crossed.
+"""
+import numba
+import numpy as np
+import pytest
+import reference as R
+from helpers import Sweep, compare, rand, random_case
+from numba import njit
+
+import nbconv
+from nbconv.cpu import im2col, phase_direct, phase_tiled
+from nbconv.cpu._vtile import MAX_NV, NOS, _tile, vector_width
+from nbconv.spec import build
+from nbconv.threads import threads
+
+@njit
+def _run_tile(no, nv, ld, pl, off, w, y, r0, r1, a, wo, yo, ldw):
+    _tile(no, nv, ld, pl, off, w, y, r0, r1, a, wo, yo, ldw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("no", NOS)
+def test_micro_kernel_every_tile_shape(no, dtype):
+    """y[yo + o*ldy + i] = (y if ld else 0) + sum_{r0<=r<r1} w[wo + o*ldw + r] * pl[off[r] + a + i],
+    and nothing else of y changes."""
+    rng = np.random.default_rng(77 + no)
+    VW = vector_width(np.dtype(dtype).itemsize)
+    for nv in range(1, MAX_NV + 1):
+        for ld in (False, True):
+            pl = rng.standard_normal(600).astype(dtype)
+            off = rng.integers(0, 600 - nv * VW - 9, 11).astype(np.int64)
+            ldw = 13
+            w = rng.standard_normal(ldw * (no + 2)).astype(dtype)
+            y = rng.standard_normal((no + 1, nv * VW + 7)).astype(dtype)
+            y0 = y.copy()
+            r0, r1, a, wo, yo = 2, 9, 5, ldw + 1, 3
+            _run_tile(no, nv, ld, pl, off, w, y, r0, r1, a, wo, yo, ldw)
+            want = y0.copy().reshape(-1)
+            ldy = y.shape[1]
+            for o in range(no):
+                for i in range(nv * VW):
+                    s = sum(np.float64(w[wo + o * ldw + r]) * pl[off[r] + a + i] for r in range(r0, r1))
+                    k = yo + o * ldy + i
+                    want[k] = s + (want[k] if ld else 0)
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(y.reshape(-1), want, rtol=tol, atol=tol * 10,
+                                       err_msg=f"no={no} nv={nv} ld={ld}")
+
+
+def _spec(case, direction):
+    return build(direction, case.nd, case.x_shape, case.w_shape, border_mode=case.border_mode,
+                 subsample=case.subsample, filter_dilation=case.dilation, num_groups=case.groups,
+                 unshared=False, filter_flip=case.flip, dtype=case.dtype, names={"x": "x", "w": "w"})
+
+
+def _check(case, rng, direction):
+    nd = max(case.nd, 2)
+    x = rand(rng, case.x_shape, case.dtype)
+    w = rand(rng, case.w_shape, case.dtype)
+    dy = rand(rng, case.y_shape, case.dtype)
+    rk = case.ref_kwargs()
+    kw = dict(subsample=case.subsample, algo="phase_tiled", **case.kwargs())
+    if direction == "forward":
+        fn = {2: nbconv.conv2d, 3: nbconv.conv3d}[nd]
+        out, a, b = fn(x, w, **kw), x, w
+        ref = lambda a, b: R.conv_nd(a, b, **rk)  # noqa: E731
+    else:
+        fn = {2: nbconv.conv2d_grad_wrt_inputs, 3: nbconv.conv3d_grad_wrt_inputs}[nd]
+        out, a, b = fn(dy, w, case.x_shape, **kw), dy, w
+        ref = lambda a, b: R.conv_nd_grad_input(a, b, case.x_shape, **rk)  # noqa: E731
+    mag = ref(np.abs(a), np.abs(b))
+    return compare(out, ref(a, b), case.dtype, float(mag.max()) if mag.size else 1.0, out.shape)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Blocks of 5 rows, segments of about 7 positions (whole grid rows), chunks of ~1-2 images."""
+    monkeypatch.setattr(phase_tiled, "_ROWS", 5)
+    monkeypatch.setattr(phase_tiled, "_SEG", 7)
+    monkeypatch.setattr(im2col, "_CHUNK_TARGET", 3000)
+
+
+@pytest.mark.parametrize("nthreads", sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}))
+@pytest.mark.parametrize("nd", [2, 3])
+def test_tiles_cross_every_boundary(small_tiles, nd, nthreads):
+    """Output channels per group 1-15 (6-channel tiles and every remainder), rows not a multiple
+    of the block, several segments and chunks, strides, groups, dilations, both dtypes and
+    flips; grad-input for the stride-1 cases."""
+    rng = np.random.default_rng(9300 + 10 * nd + nthreads)
+    sweep = Sweep("phase_tiled")
+    for idx in range(24 if nd == 2 else 10):
+        case = random_case(rng, nd, idx, unshared=False, batch=int(rng.integers(1, 5)),
+                           og=int(rng.integers(1, 16)), cg=int(rng.integers(1, 4)),
+                           max_spatial=12 if nd == 2 else 6, max_stride=3)
+        for direction in ("forward", "grad_input"):
+            if not phase_tiled.supports(_spec(case, direction)):
+                continue
+            with threads(nthreads):
+                sweep.run(f"[{idx}] {direction} {case!r}",
+                          lambda case=case, d=direction: _check(case, rng, d))
+    sweep.check()
+    assert sweep.applicable >= (15 if nd == 2 else 6)
+
+
+def test_default_sizes_long_rows_and_many_channels():
+    """One problem at the default sizes with more rows than a block and a segment longer than
+    the default, 13 output channels (two 6-channel tiles and a single one), float64."""
+    rng = np.random.default_rng(9400)
+    x = rng.standard_normal((2, 9, 40, 37))
+    w = rng.standard_normal((13, 9, 3, 4))
+    y = nbconv.conv2d(x, w, border_mode=(1, 2), subsample=(1, 2), algo="phase_tiled")
+    np.testing.assert_allclose(y, R.conv_nd(x, w, border_mode=(1, 2), subsample=(1, 2)),
+                               rtol=1e-12, atol=1e-11)
+
+
+def test_strided_grad_input_and_grad_weights_are_not_applicable():
+    x = np.ones((1, 2, 9, 9), dtype=np.float32)
+    w = np.ones((3, 2, 3, 3), dtype=np.float32)
+    dy = np.ones((1, 3, 4, 4), dtype=np.float32)
+    with pytest.raises(nbconv.AlgorithmNotApplicable):
+        nbconv.conv2d_grad_wrt_inputs(dy, w, x.shape, subsample=2, algo="phase_tiled")
+    with pytest.raises(nbconv.AlgorithmNotApplicable):
+        nbconv.conv2d_grad_wrt_weights(x, dy, w.shape, subsample=2, algo="phase_tiled")
+    assert nbconv.registry.get("phase_tiled").directions == {"forward", "grad_input"}
+
+
+@pytest.fixture
+def limit():
+    saved = im2col.get_workspace_limit()
+    yield im2col.set_workspace_limit
+    im2col.set_workspace_limit(saved)
+
+
+def test_workspace_never_exceeds_the_limit(limit):
+    """For random problems and limits: whenever it applies, the planned workspace (planes, slack
+    and every thread's accumulators) fits the limit, with at least one image per chunk."""
+    rng = np.random.default_rng(9500)
+    fitted = refused = 0
+    for idx in range(150):
+        case = random_case(rng, int(rng.integers(1, 4)), idx, unshared=False,
+                           batch=int(rng.integers(1, 9)))
+        spec = _spec(case, ("forward", "grad_input")[idx % 2])
+        limit(int(rng.integers(64, 40000)))
+        if not phase_tiled.supports(spec):
+            refused += 1
+            continue
+        nb, ws = phase_tiled._plan(spec)
+        assert 1 <= nb <= spec.batch and ws <= im2col.get_workspace_limit(), (case, nb, ws)
+        fitted += 1
+    assert fitted > 20 and refused > 20
+
+
+def test_workspace_counts_the_accumulators_of_every_thread():
+    spec = build("forward", 2, (8, 128, 56, 56), (128, 128, 3, 3), border_mode=1, subsample=2,
+                 filter_dilation=1, num_groups=1, unshared=False, filter_flip=True,
+                 dtype=np.float32, names={"x": "x", "w": "w"})
+    nb, ws = phase_tiled._plan(spec)
+    g = phase_tiled._flat._grid(spec)
+    L = min(phase_tiled._segment(g), g.Lb)
+    acc = numba.get_num_threads() * 128 * (-(-L // 16) * 16)
+    assert ws == (nb * phase_direct._per_image(spec) + acc + phase_tiled._slack(spec)) * 4
