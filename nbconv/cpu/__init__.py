@@ -136,11 +136,18 @@ from . import phase_tiled  # noqa: E402
 
 
 def _phase_tiled_estimate(spec):
-    # ~175 GFLOP/s on the rounded grid (strided 3x3 133-154, DCGAN 138-152, stem 142-153 measured
-    # under load 0.7-0.9, 2 cores), plus ~40 ns per tile (a block's rows for up to 6 output
-    # channels x 4 vectors), which dominates when the planes are small
+    # ~175 GFLOP/s on the rounded grid for the 6-channel tiles, ~60 for a group's leftover
+    # channels (4 or fewer accumulator vectors per row), plus ~30 ns per tile (its accumulators'
+    # loads and stores, a block's row offsets), which dominates on small planes. Measured on 2
+    # cores: DCGAN 190 GFLOP/s, strided 3x3 174, ResNet's 3x3 at 7x7 148, its 1x1 at 14x14 with
+    # 1024 channels 117, 1-channel groups 19. Of rate x overhead pairs from 165 to 185 GFLOP/s
+    # and 10 to 50 ns, this one keeps Winograd and the 1x1 GEMM where they are faster (they are)
+    # and picks this for the strided 3x3 and DCGAN; the stem and WaveNet stay with phase_direct,
+    # although this measured faster there (the tuner's timing decides)
     widen, tiles = phase_tiled.cost(spec)
-    return 3 * _LAUNCH + widen * spec.flops() / 175e9 + tiles * 40e-9 / 2
+    og = spec.group_out
+    full = (og - og % 6) / og
+    return 3 * _LAUNCH + widen * spec.flops() * (full / 175e9 + (1 - full) / 60e9) + tiles * 30e-9
 
 
 _register("phase_tiled", phase_tiled,
