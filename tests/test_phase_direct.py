@@ -211,3 +211,30 @@ def test_an_image_over_the_workspace_limit_is_not_applicable(limit, direction):
     assert not phase_direct.supports(spec)
     with pytest.raises(nbconv.AlgorithmNotApplicable):
         run()
+
+
+def test_stride_one_fill_writes_every_plane_element_as_the_general_fill():
+    """_planes_s1_kernel (copies rows, zeroes only the gaps) against _planes_kernel (zeroes the
+    planes, then copies) on stride-1 problems, the adjoints of grad-input included (their high
+    pads may be negative: the plane crops the input); planes start as NaN, so an element the
+    stride-1 fill skips shows."""
+    rng = np.random.default_rng(9200)
+    seen = 0
+    for idx in range(60):
+        case = random_case(rng, int(rng.integers(1, 4)), idx, unshared=False, max_stride=1,
+                           batch=int(rng.integers(1, 4)))
+        spec = _spec(case, ("forward", "grad_input")[idx % 2])
+        if not phase_direct.supports(spec):
+            continue
+        spec = phase_direct._adjoint(spec) if spec.direction == "grad_input" else spec
+        g = im2col_flat._grid(spec)
+        x = rand(rng, spec.x_shape, case.dtype)
+        shape = (spec.batch, spec.in_channels, len(g.phases) * g.PS)
+        want = np.empty(shape, dtype=case.dtype)
+        phase_direct._planes_kernel(x, want, 0, len(g.phases), g.phase_index, g.Dq, g.Hq, g.Wq,
+                                    g.PS, *spec.stride, *spec.pad_lo)
+        got = np.full(shape, np.nan, dtype=case.dtype)
+        phase_direct._fill(spec, g, x, got, 0)
+        np.testing.assert_array_equal(got, want, err_msg=repr(case))
+        seen += 1
+    assert seen > 25

@@ -161,6 +161,32 @@ def _planes_kernel(x, planes, n0, nph, phase_index, Dq, Hq, Wq, PS, sd, sh, sw, 
         _flat._fill_planes(x[n0 + b, c], pl, phase_index, Dq, Hq, Wq, PS, sd, sh, sw, pd, ph, pw)
 
 
+@njit(parallel=True, cache=True)
+def _planes_s1_kernel(x, planes, n0, Dq, Hq, Wq, pd, ph, pw):
+    """_planes_kernel at stride 1 (one plane per channel): the input rows copied in plane order,
+    only the gaps between them zeroed, each gap (a row's right padding and the next row's left
+    one) in one pass. Measured side by side (2 threads, ms): ResNeXt's 8 x 128 channels at 56x56
+    0.45-0.50 vs 1.12-1.16 for _planes_kernel, which zeroes each plane first and divides by the
+    strides per row; ResNet's 3x3 at 56x56 0.22 vs 0.40-0.43; WaveNet's layer 0.28-0.35 vs
+    0.42-0.48."""
+    nb, C = planes.shape[0], planes.shape[1]
+    D, H, W = x.shape[2], x.shape[3], x.shape[4]
+    n = max(0, min(W, Wq - pw))  # input columns that land in the plane (a negative high pad crops)
+    for t in prange(nb * C):
+        b = t // C
+        c = t % C
+        pl = planes[b, c]
+        xc = x[n0 + b, c]
+        pos = 0
+        for idd in range(min(D, Dq - pd)):
+            for ih in range(min(H, Hq - ph)):
+                start = ((idd + pd) * Hq + ih + ph) * Wq + pw
+                _fill_zero(pl[pos:start])
+                _copy(pl[start:start + n], xc[idd, ih])
+                pos = start + n
+        _fill_zero(pl[pos:])
+
+
 @njit(inline="always")
 def _crop_rows(Y, yb, o0, no, r0, nr, Hq, Wq):
     """yb[o0 + i, od, oh] = Y[i, (r - r0)*Wq:][:OW] for the grid rows r = od*Hq + oh in
@@ -389,6 +415,9 @@ def _offsets(spec):
 
 
 def _fill(spec, g, x, planes, n0):
+    if spec.stride == (1, 1, 1):
+        _planes_s1_kernel(x, planes, n0, g.Dq, g.Hq, g.Wq, *spec.pad_lo)
+        return
     _planes_kernel(x, planes, n0, len(g.phases), g.phase_index, g.Dq, g.Hq, g.Wq, g.PS,
                    *spec.stride, *spec.pad_lo)
 
