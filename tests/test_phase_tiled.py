@@ -79,9 +79,11 @@ def _check(case, rng, direction):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Blocks of 5 rows, segments of about 7 positions (whole grid rows), chunks of ~1-2 images."""
+    """Blocks of 5 rows, segments of about 7 positions (whole grid rows) whatever the channel
+    count, chunks of ~1-2 images."""
     monkeypatch.setattr(phase_tiled, "_ROWS", 5)
     monkeypatch.setattr(phase_tiled, "_SEG", 7)
+    monkeypatch.setattr(phase_tiled, "_SEG_MAX", 7)
     monkeypatch.setattr(im2col, "_CHUNK_TARGET", 3000)
 
 
@@ -161,6 +163,21 @@ def test_workspace_counts_the_accumulators_of_every_thread():
                  dtype=np.float32, names={"x": "x", "w": "w"})
     nb, ws = phase_tiled._plan(spec)
     g = phase_tiled._flat._grid(spec)
-    L = min(phase_tiled._segment(g), g.Lb)
+    L = min(phase_tiled._segment(g, 128), g.Lb)
     acc = numba.get_num_threads() * 128 * (-(-L // 16) * 16)
     assert ws == (nb * phase_direct._per_image(spec) + acc + phase_tiled._slack(spec)) * 4
+
+
+def test_segments_shrink_as_output_channels_grow():
+    """A task's accumulators (output channels x segment) stay about _ACC elements: the longest
+    segment for few channels, the shortest for many, always whole grid rows."""
+    spec = build("forward", 2, (2, 8, 300, 301), (8, 8, 3, 3), border_mode=1, subsample=1,
+                 filter_dilation=1, num_groups=1, unshared=False, filter_flip=True,
+                 dtype=np.float32, names={"x": "x", "w": "w"})
+    g = phase_tiled._flat._grid(spec)
+    lengths = [phase_tiled._segment(g, og) for og in (1, 4, 16, 64, 1024)]
+    assert all(n % g.Wq == 0 for n in lengths)
+    assert lengths == sorted(lengths, reverse=True)
+    assert lengths[0] <= phase_tiled._SEG_MAX and lengths[-1] >= phase_tiled._SEG - g.Wq
+    assert all(og * n <= max(phase_tiled._ACC, og * phase_tiled._SEG)
+               for og, n in zip((1, 4, 16, 64, 1024), lengths))

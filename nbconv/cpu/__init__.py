@@ -136,17 +136,17 @@ from . import phase_tiled  # noqa: E402
 
 
 def _phase_tiled_estimate(spec):
-    # ~175 GFLOP/s on the rounded grid for the 6-channel tiles, ~60 for a group's leftover
-    # channels (4 or fewer accumulator vectors per row), plus ~30 ns per tile (its accumulators'
-    # loads and stores, a block's row offsets), which dominates on small planes. Measured on 2
-    # cores: DCGAN 190 GFLOP/s, strided 3x3 174, ResNet's 3x3 at 7x7 148, its 1x1 at 14x14 with
-    # 1024 channels 117, 1-channel groups 19. Of rate x overhead pairs from 165 to 185 GFLOP/s
-    # and 10 to 50 ns, this one keeps Winograd and the 1x1 GEMM where they are faster (they are)
-    # and picks this for the strided 3x3 and DCGAN; the stem and WaveNet stay with phase_direct,
-    # although this measured faster there (the tuner's timing decides)
+    # ~175 GFLOP/s on the rounded grid for the 6- and 4-channel tiles, ~60 for a group's
+    # leftover channels (tiles of 2 or 1: 8 or 4 accumulator vectors), plus ~30 ns per tile (its
+    # accumulators' loads and stores, a block's row offsets), which dominates on small planes.
+    # Measured on 2 cores: DCGAN 190 GFLOP/s, strided 3x3 174, ResNet's 3x3 at 7x7 148, its 1x1
+    # at 14x14 with 1024 channels 117, 1-channel groups 19. Of rate x overhead pairs from 165 to
+    # 185 GFLOP/s and 10 to 50 ns, this one keeps Winograd and the 1x1 GEMM where they are faster
+    # (they are: 7.5 vs 12.5 ms, 4.9 vs 7.0) and picks this for the strided 3x3 and DCGAN
     widen, tiles = phase_tiled.cost(spec)
     og = spec.group_out
-    full = (og - og % 6) / og
+    rest = og % 6 if og % 6 < 4 else og % 6 - 4  # channels left to tiles of 2 and 1
+    full = (og - rest) / og
     return 3 * _LAUNCH + widen * spec.flops() * (full / 175e9 + (1 - full) / 60e9) + tiles * 30e-9
 
 

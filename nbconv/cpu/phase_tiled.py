@@ -38,13 +38,20 @@ from .im2col import _copy, _scratch_arrays
 # is never the worst).
 _ROWS = 64
 # Grid positions per task (whole grid rows): the rows of a block over a segment must stay in L2
-# while every output-channel tile reads them. Measured at 64 rows per block: 256 positions 13.4 /
-# 14.6 / 13.2, 512: 15.5 / 15.6 / 13.3, 1024: 12.0 / 15.0 / 12.3.
+# while every output-channel tile reads them, and so must the task's accumulators (output
+# channels x positions), so the segment shrinks from _SEG_MAX to _SEG as the group's output
+# channels grow past _ACC / _SEG_MAX. Measured at 64 rows per block, ms at 256 / 512 / 1024
+# positions: strided 3x3 13.4 / 15.5 / 12.0, DCGAN 14.6 / 15.6 / 15.0, stem 13.2 / 13.3 / 12.3;
+# at 1024 / 2048 / 4096 / 8192: ResNeXt (4 output channels per group) 2.42 / 2.25 / 1.98 / 2.03,
+# stem (64) 11.85 / 11.62 / 11.47 / 11.75, WaveNet (64) 3.51 / 3.44 / 3.43 / 3.35.
 _SEG = 1024
+_SEG_MAX = 4096
+_ACC = 1 << 16
 
 
-def _segment(g):
-    return max(1, _SEG // g.Wq) * g.Wq
+def _segment(g, og):
+    n = max(_SEG, min(_SEG_MAX, _ACC // max(og, 1)))
+    return max(1, n // g.Wq) * g.Wq
 
 
 def _vw(spec):
@@ -65,7 +72,8 @@ def supports(spec):
 def _per_thread(spec):
     """A task's accumulators: every output channel of a group over a rounded segment."""
     g = _flat._grid(spec)
-    return get_num_threads() * spec.group_out * _round(min(_segment(g), g.Lb), _vw(spec))
+    seg = min(_segment(g, spec.group_out), g.Lb)
+    return get_num_threads() * spec.group_out * _round(seg, _vw(spec))
 
 
 def _plan(spec):
@@ -100,7 +108,7 @@ def cost(spec):
         return cost(_pd._adjoint(spec))
     g = _flat._grid(spec)
     P = spec.out_size[0] * spec.out_size[1] * spec.out_size[2]
-    S = min(_segment(g), g.Lb)
+    S = min(_segment(g, spec.group_out), g.Lb)
     nseg = -(-g.Lb // S)
     Lr = _round(S, _vw(spec))
     R = spec.group_in * _pd._taps(spec)
@@ -164,8 +172,8 @@ def forward(spec, x, w):
         # the last chunk may be shorter: its tiles then over-read the previous chunk's planes
         planes = pbuf[:m * size].reshape(m, C, len(g.phases) * g.PS)
         _pd._fill(spec, g, x, planes, n0)
-        _fwd_tiled_kernel(planes.reshape(m, size), off, wf, y, n0, g.Lb, _segment(g), g.Hq, g.Wq,
-                          _vw(spec), _ROWS)
+        _fwd_tiled_kernel(planes.reshape(m, size), off, wf, y, n0, g.Lb,
+                          _segment(g, spec.group_out), g.Hq, g.Wq, _vw(spec), _ROWS)
     return y
 
 
