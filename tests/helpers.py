@@ -245,8 +245,7 @@ class Sweep:
     def __init__(self, algo, direction=None):
         self.algo = algo
         # an algorithm that does not implement the sweep's direction must refuse every case
-        self.implements = (algo is None or direction is None
-                           or direction in nbconv.registry.get(algo).directions)
+        self.implements = direction is None or for_direction(algo, direction) == algo
         self.applicable = 0
         self.not_applicable = 0
         self.failures = []

@@ -17,10 +17,13 @@ re-read from L2 by every output-channel tile. Segments are rounded up to whole v
 positions past the segment read the planes of the next channel or image (or the zeroed slack after
 the last one) into accumulators that are never copied out.
 
-Measured side by side with phase_direct on 2 cores (ms, load 0.7-0.9): the strided 3x3 13.9 vs
-18.3, DCGAN's 4x4 stride-2 layer 14.2 vs 21.1, ResNet's stem 12.4 vs 14.1, ResNeXt's 4-channel
-groups 3.64 vs 3.67; it loses on WaveNet's 2-tap layer (6.7 vs 5.2), where a block's 64 rows are
-64 different channels. Grad-input of a stride-1 problem is its adjoint's forward, as there.
+Measured on 2 cores in the tuner's interleaved rounds (`nbconv.autotune.evaluate regret`, ms,
+load 0.9-1.5; this against phase_direct and the best other): DCGAN's 4x4 stride-2 layer 12.6 vs
+20.0 / 14.8 (im2col_flat), the strided 3x3 13.3 vs 17.1 / 16.0, ResNet's stem 12.7 vs 14.1,
+WaveNet's layer 3.7 vs 4.9 (grad-input 4.1 vs 5.3), ResNeXt's 4-channel groups 2.6 vs 3.1
+(grad-input 2.7 vs 2.8). It loses to Winograd on stride-1 3x3 layers (ResNet's at 56x56 10.7 vs
+10.1, at 7x7 12.8 vs 7.5, where 63-position planes make tiles short) and to the 1x1 GEMM (6.4 vs
+5.5). Grad-input of a stride-1 problem is its adjoint's forward, as there.
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
