@@ -100,8 +100,15 @@ def _plan(spec):
     cache-sized chunk of im2col and the workspace limit (at least one image)."""
     if spec.direction == GRAD_INPUT:
         return _plan(_adjoint(spec))
+    return _chunk_plan(spec, _per_thread(spec))
+
+
+def _chunk_plan(spec, fixed):
+    """(images per chunk, workspace bytes) for ``fixed`` elements of scratch that do not grow
+    with the chunk (per-thread buffers, slack): they first, then as many whole images as fit the
+    cache-sized chunk of im2col and the workspace limit (at least one image)."""
     item = spec.np_dtype.itemsize
-    per, fixed = _per_image(spec) * item, _per_thread(spec) * item
+    per, fixed = _per_image(spec) * item, fixed * item
     budget = min(_im2col._CHUNK_TARGET, _im2col.get_workspace_limit()) - fixed
     nb = min(spec.batch, max(1, budget // per))
     return nb, nb * per + fixed
@@ -439,11 +446,16 @@ def forward(spec, x, w):
     return y
 
 
-def grad_input(spec, dy, w):
+def _adjoint_weights(spec, w):
+    """The adjoint's weights: input and output channels swapped per group (its flip reverses the
+    taps, so they are not copied reversed)."""
     G, Og, Cg = spec.groups, spec.group_out, spec.group_in
-    # the adjoint's flip reverses the taps: only the channels are transposed here
     wa = w.reshape((G, Og, Cg) + spec.kernel).transpose(0, 2, 1, 3, 4, 5)
-    return forward(_adjoint(spec), dy, np.ascontiguousarray(wa).reshape((spec.in_channels, Og) + spec.kernel))
+    return np.ascontiguousarray(wa).reshape((spec.in_channels, Og) + spec.kernel)
+
+
+def grad_input(spec, dy, w):
+    return forward(_adjoint(spec), dy, _adjoint_weights(spec, w))
 
 
 def grad_weights(spec, x, dy):

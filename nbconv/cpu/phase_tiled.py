@@ -33,7 +33,7 @@ from . import im2col as _im2col
 from . import im2col_flat as _flat
 from . import phase_direct as _pd
 from ._vtile import MAX_NV, _tile, vector_width
-from .im2col import _copy, _scratch_arrays
+from .im2col import _scratch_arrays
 
 # Rows per block: each tile sums a block's rows in registers, then its accumulators go back to
 # memory. Measured (2 threads, ms, strided 3x3 / DCGAN / stem): 32 rows 18.9 / 15.7 / 13.8,
@@ -84,12 +84,7 @@ def _plan(spec):
     slack after the planes first, then as many whole images as fit."""
     if spec.direction == GRAD_INPUT:
         return _plan(_pd._adjoint(spec))
-    item = spec.np_dtype.itemsize
-    per = _pd._per_image(spec) * item
-    fixed = (_per_thread(spec) + _slack(spec)) * item
-    budget = min(_im2col._CHUNK_TARGET, _im2col.get_workspace_limit()) - fixed
-    nb = min(spec.batch, max(1, budget // per))
-    return nb, nb * per + fixed
+    return _pd._chunk_plan(spec, _per_thread(spec) + _slack(spec))
 
 
 def _slack(spec):
@@ -150,14 +145,7 @@ def _fwd_tiled_kernel(planes, offs, wf, y, n0, Lb, S, Hq, Wq, VW, RB):
                     _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, a + q, (g * Og + o) * R, o * Lr + q, R)
                     q += nv * VW
                 o += no
-        yb = y[n0 + b]
-        OH = yb.shape[2]
-        g0 = a // Wq
-        for i in range(Og):
-            for r in range(g0, g0 + L // Wq):
-                oh = r % Hq
-                if oh < OH:
-                    _copy(yb[g * Og + i, r // Hq, oh], Y[i, (r - g0) * Wq:])
+        _pd._crop_rows(Y, y[n0 + b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
 
 
 def forward(spec, x, w):
@@ -181,6 +169,4 @@ def forward(spec, x, w):
 
 
 def grad_input(spec, dy, w):
-    G, Og, Cg = spec.groups, spec.group_out, spec.group_in
-    wa = w.reshape((G, Og, Cg) + spec.kernel).transpose(0, 2, 1, 3, 4, 5)
-    return forward(_pd._adjoint(spec), dy, np.ascontiguousarray(wa).reshape((spec.in_channels, Og) + spec.kernel))
+    return forward(_pd._adjoint(spec), dy, _pd._adjoint_weights(spec, w))
