@@ -24,6 +24,16 @@ def rng():
     return np.random.default_rng(20240611)
 
 
+@pytest.fixture
+def workspace_limit():
+    """``workspace_limit(n)`` sets the workspace limit of the CPU algorithms for one test."""
+    from nbconv.cpu import im2col
+
+    saved = im2col.get_workspace_limit()
+    yield im2col.set_workspace_limit
+    im2col.set_workspace_limit(saved)
+
+
 # tests/cuda needs Numba's CUDA simulator enabled before numba is imported (or a real GPU): this
 # process does not collect it; tests/test_cuda_sim.py runs it in a subprocess. Collected here only
 # with NUMBA_ENABLE_CUDASIM=1 or NBCONV_TEST_CUDA=1 (a machine with a GPU).

@@ -29,6 +29,36 @@ def for_direction(algo, direction):
     return "direct"
 
 
+def shared_spec(case, direction="forward"):
+    """The canonical spec of a shared (not unshared) random case."""
+    from nbconv.spec import build
+
+    return build(direction, case.nd, case.x_shape, case.w_shape, border_mode=case.border_mode,
+                 subsample=case.subsample, filter_dilation=case.dilation, num_groups=case.groups,
+                 unshared=False, filter_flip=case.flip, dtype=case.dtype, names={"x": "x", "w": "w"})
+
+
+def plans_within_limit(module, rng, directions, set_limit, max_limit, n=150):
+    """For ``n`` random shared problems and workspace limits: whenever ``module`` applies, its
+    planned workspace (``module._plan``: what it allocates) fits the limit with 1 to batch images
+    per chunk. Returns (cases it applied to, cases it refused)."""
+    from nbconv.cpu import im2col
+
+    fitted = refused = 0
+    for idx in range(n):
+        case = random_case(rng, int(rng.integers(1, 4)), idx, unshared=False,
+                           batch=int(rng.integers(1, 9)))
+        spec = shared_spec(case, directions[idx % len(directions)])
+        set_limit(int(rng.integers(64, max_limit)))
+        if not module.supports(spec):
+            refused += 1
+            continue
+        nb, ws = module._plan(spec)
+        assert 1 <= nb <= spec.batch and ws <= im2col.get_workspace_limit(), (case, nb, ws)
+        fitted += 1
+    return fitted, refused
+
+
 def algo_id(a):
     return "auto" if a is None else str(a)
 

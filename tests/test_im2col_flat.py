@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from helpers import DTYPES, Sweep, check_directions, compare, rand, random_case
+from helpers import DTYPES, Sweep, check_directions, compare, rand, random_case, shared_spec
 
 import nbconv
 from nbconv.cpu import im2col, im2col_flat
@@ -18,19 +18,6 @@ from nbconv.spec import build
 from nbconv.threads import threads
 
 from test_im2col_blocked import SHAPES, shape_check
-
-
-@pytest.fixture
-def limit():
-    saved = im2col.get_workspace_limit()
-    yield im2col.set_workspace_limit
-    im2col.set_workspace_limit(saved)
-
-
-def _spec(case, direction="forward"):
-    return build(direction, case.nd, case.x_shape, case.w_shape, border_mode=case.border_mode,
-                 subsample=case.subsample, filter_dilation=case.dilation, num_groups=case.groups,
-                 unshared=False, filter_flip=case.flip, dtype=case.dtype, names={"x": "x", "w": "w"})
 
 
 def test_every_tap_offset_reads_the_input_point_of_the_definition():
@@ -42,7 +29,7 @@ def test_every_tap_offset_reads_the_input_point_of_the_definition():
     for idx in range(60):
         nd = int(rng.integers(1, 4))
         case = random_case(rng, nd, idx, unshared=False, max_stride=4)
-        spec = _spec(case)
+        spec = shared_spec(case)
         g = im2col_flat._grid(spec)
         plane = g.Dq * g.Hq * g.Wq
         assert g.PS > plane and g.tap_off.max() + g.Lb <= g.PS
@@ -65,7 +52,7 @@ def test_every_tap_offset_reads_the_input_point_of_the_definition():
 
 @pytest.mark.parametrize("images", [1, 2], ids=lambda n: f"{n}_per_chunk")
 @pytest.mark.parametrize("nd", [2, 3])
-def test_chunked_sweep(limit, nd, images):
+def test_chunked_sweep(workspace_limit, nd, images):
     """Several whole-image chunks (and a short last one), strides up to 4, both gradients'
     GEMM arrangements (dW^T below the transpose threshold, dW above: forced both ways)."""
     rng = np.random.default_rng(7100 + 10 * nd + images)
@@ -73,9 +60,9 @@ def test_chunked_sweep(limit, nd, images):
     for idx in range(20 if nd == 2 else 8):
         case = random_case(rng, nd, idx, unshared=False, batch=int(rng.integers(2, 6)),
                            max_spatial=11 if nd == 2 else 6, kmax=5 if nd == 2 else 3, max_stride=4)
-        spec = _spec(case, "grad_weights")
+        spec = shared_spec(case, "grad_weights")
         per = im2col_flat._per_image(spec) * spec.np_dtype.itemsize
-        limit(images * per + im2col_flat._weights_temp(spec) * spec.np_dtype.itemsize)
+        workspace_limit(images * per + im2col_flat._weights_temp(spec) * spec.np_dtype.itemsize)
         assert im2col_flat._plan(spec)[0] == min(images, case.x_shape[0])
         saved = im2col._GW_TRANSPOSE_MAX
         im2col._GW_TRANSPOSE_MAX = (0, 1 << 30)[idx % 2]
@@ -97,18 +84,18 @@ def test_benchmark_like_shapes_with_every_thread_count(shape, dtype):
         assert msg is None, (n, msg)
 
 
-def test_an_image_over_the_workspace_limit_is_not_applicable(limit):
+def test_an_image_over_the_workspace_limit_is_not_applicable(workspace_limit):
     x = np.ones((2, 3, 10, 10), dtype=np.float32)
     w = np.ones((4, 3, 3, 3), dtype=np.float32)
     spec = build("forward", 2, x.shape, w.shape, border_mode=1, subsample=(2, 2),
                  filter_dilation=(1, 1), num_groups=1, unshared=False, filter_flip=True,
                  dtype=np.float32, names={"x": "x", "w": "w"})
     per = im2col_flat._per_image(spec) * 4
-    limit(per)
+    workspace_limit(per)
     assert im2col_flat.supports(spec) and im2col_flat.workspace(spec) <= per
     np.testing.assert_allclose(nbconv.conv2d(x, w, border_mode=1, subsample=2, algo="im2col_flat"),
                                R.conv_nd(x, w, border_mode=1, subsample=(2, 2)), rtol=1e-5)
-    limit(per - 1)
+    workspace_limit(per - 1)
     assert not im2col_flat.supports(spec)
     with pytest.raises(nbconv.AlgorithmNotApplicable):
         nbconv.conv2d(x, w, border_mode=1, subsample=2, algo="im2col_flat")

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from helpers import Sweep, compare, rand, random_case
+from helpers import Sweep, compare, plans_within_limit, rand, random_case, shared_spec
 
 import nbconv
 from nbconv.cpu import im2col, im2col_flat, phase_direct
@@ -19,12 +19,6 @@ from nbconv.threads import threads
 FWD = {2: nbconv.conv2d, 3: nbconv.conv3d}
 GIN = {2: nbconv.conv2d_grad_wrt_inputs, 3: nbconv.conv3d_grad_wrt_inputs}
 GW = {2: nbconv.conv2d_grad_wrt_weights, 3: nbconv.conv3d_grad_wrt_weights}
-
-
-def _spec(case, direction):
-    return build(direction, case.nd, case.x_shape, case.w_shape, border_mode=case.border_mode,
-                 subsample=case.subsample, filter_dilation=case.dilation, num_groups=case.groups,
-                 unshared=False, filter_flip=case.flip, dtype=case.dtype, names={"x": "x", "w": "w"})
 
 
 def _check(case, rng, directions):
@@ -74,7 +68,7 @@ def test_blocked_passes_cross_every_boundary(small_blocks, nd, nthreads):
         case = random_case(rng, nd, idx, unshared=False, batch=int(rng.integers(1, 5)),
                            og=int(rng.integers(1, 10)), cg=int(rng.integers(1, 4)),
                            max_spatial=10 if nd == 2 else 6, max_stride=3)
-        if not phase_direct.supports(_spec(case, "forward")):
+        if not phase_direct.supports(shared_spec(case, "forward")):
             continue
         with threads(nthreads):
             sweep.run(f"[{idx}] {case!r}", lambda case=case: _check(case, rng, ("forward", "grad_weights")))
@@ -91,7 +85,7 @@ def test_stride_one_grad_input_sweep(nd):
     for idx in range(60 if nd == 2 else 24):
         case = random_case(rng, nd, idx, unshared=False, max_stride=1,
                            og=int(rng.integers(1, 7)), batch=int(rng.integers(1, 4)))
-        spec = _spec(case, "grad_input")
+        spec = shared_spec(case, "grad_input")
         if not phase_direct.supports(spec):
             # only low pads beyond the dilated kernel's extent less one are refused
             assert any(lo > (k - 1) * d for lo, k, d in
@@ -114,7 +108,7 @@ def test_adjoint_is_a_forward_problem_with_the_input_shape():
     for idx in range(80):
         nd = int(rng.integers(1, 4))
         case = random_case(rng, nd, idx, unshared=False, max_stride=1)
-        spec = _spec(case, "grad_input")
+        spec = shared_spec(case, "grad_input")
         adj = phase_direct._adjoint(spec)
         assert adj.direction == "forward" and adj.flip == (not spec.flip)
         assert (adj.batch, adj.in_channels, adj.out_channels) == (spec.batch, spec.out_channels,
@@ -158,34 +152,16 @@ def test_workspace_is_the_planes_of_a_chunk_plus_the_per_thread_sums(monkeypatch
     assert phase_direct.workspace(spec) == ws
 
 
-@pytest.fixture
-def limit():
-    saved = im2col.get_workspace_limit()
-    yield im2col.set_workspace_limit
-    im2col.set_workspace_limit(saved)
-
-
-def test_workspace_never_exceeds_the_limit(limit):
+def test_workspace_never_exceeds_the_limit(workspace_limit):
     """For random problems and limits: whenever the algorithm applies, its planned workspace
     (what it allocates) fits the limit, and a chunk holds at least one image."""
-    rng = np.random.default_rng(9100)
-    fitted = refused = 0
-    for idx in range(150):
-        case = random_case(rng, int(rng.integers(1, 4)), idx, unshared=False,
-                           batch=int(rng.integers(1, 9)))
-        spec = _spec(case, ("forward", "grad_input", "grad_weights")[idx % 3])
-        limit(int(rng.integers(64, 20000)))
-        if not phase_direct.supports(spec):
-            refused += 1
-            continue
-        nb, ws = phase_direct._plan(spec)
-        assert 1 <= nb <= spec.batch and ws <= im2col.get_workspace_limit(), (case, nb, ws)
-        fitted += 1
+    fitted, refused = plans_within_limit(phase_direct, np.random.default_rng(9100),
+                                         ("forward", "grad_input", "grad_weights"), workspace_limit, 20000)
     assert fitted > 20 and refused > 20
 
 
 @pytest.mark.parametrize("direction", ["forward", "grad_input", "grad_weights"])
-def test_an_image_over_the_workspace_limit_is_not_applicable(limit, direction):
+def test_an_image_over_the_workspace_limit_is_not_applicable(workspace_limit, direction):
     x = np.ones((2, 3, 10, 10), dtype=np.float32)
     w = np.ones((5, 3, 3, 3), dtype=np.float32)
     spec = build(direction, 2, x.shape, w.shape, border_mode=1, subsample=(1, 1),
@@ -204,10 +180,10 @@ def test_an_image_over_the_workspace_limit_is_not_applicable(limit, direction):
                                                         border_mode=1)),
     }
     run, ref = calls[direction]
-    limit(one)
+    workspace_limit(one)
     assert phase_direct.supports(spec) and phase_direct.workspace(spec) <= 2 * one
     np.testing.assert_allclose(run(), ref(), rtol=1e-5)
-    limit(one - 1)
+    workspace_limit(one - 1)
     assert not phase_direct.supports(spec)
     with pytest.raises(nbconv.AlgorithmNotApplicable):
         run()
@@ -223,7 +199,7 @@ def test_stride_one_fill_writes_every_plane_element_as_the_general_fill():
     for idx in range(60):
         case = random_case(rng, int(rng.integers(1, 4)), idx, unshared=False, max_stride=1,
                            batch=int(rng.integers(1, 4)))
-        spec = _spec(case, ("forward", "grad_input")[idx % 2])
+        spec = shared_spec(case, ("forward", "grad_input")[idx % 2])
         if not phase_direct.supports(spec):
             continue
         spec = phase_direct._adjoint(spec) if spec.direction == "grad_input" else spec

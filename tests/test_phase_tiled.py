@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import pytest
 import reference as R
-from helpers import Sweep, compare, rand, random_case
+from helpers import Sweep, compare, plans_within_limit, rand, random_case, shared_spec
 from numba import njit
 
 import nbconv
@@ -50,12 +50,6 @@ def test_micro_kernel_every_tile_shape(no, dtype):
             tol = 1e-5 if dtype == np.float32 else 1e-12
             np.testing.assert_allclose(y.reshape(-1), want, rtol=tol, atol=tol * 10,
                                        err_msg=f"no={no} nv={nv} ld={ld}")
-
-
-def _spec(case, direction):
-    return build(direction, case.nd, case.x_shape, case.w_shape, border_mode=case.border_mode,
-                 subsample=case.subsample, filter_dilation=case.dilation, num_groups=case.groups,
-                 unshared=False, filter_flip=case.flip, dtype=case.dtype, names={"x": "x", "w": "w"})
 
 
 def _check(case, rng, direction):
@@ -100,7 +94,7 @@ def test_tiles_cross_every_boundary(small_tiles, nd, nthreads):
                            og=int(rng.integers(1, 16)), cg=int(rng.integers(1, 4)),
                            max_spatial=12 if nd == 2 else 6, max_stride=3)
         for direction in ("forward", "grad_input"):
-            if not phase_tiled.supports(_spec(case, direction)):
+            if not phase_tiled.supports(shared_spec(case, direction)):
                 continue
             with threads(nthreads):
                 sweep.run(f"[{idx}] {direction} {case!r}",
@@ -131,29 +125,11 @@ def test_strided_grad_input_and_grad_weights_are_not_applicable():
     assert nbconv.registry.get("phase_tiled").directions == {"forward", "grad_input"}
 
 
-@pytest.fixture
-def limit():
-    saved = im2col.get_workspace_limit()
-    yield im2col.set_workspace_limit
-    im2col.set_workspace_limit(saved)
-
-
-def test_workspace_never_exceeds_the_limit(limit):
+def test_workspace_never_exceeds_the_limit(workspace_limit):
     """For random problems and limits: whenever it applies, the planned workspace (planes, slack
     and every thread's accumulators) fits the limit, with at least one image per chunk."""
-    rng = np.random.default_rng(9500)
-    fitted = refused = 0
-    for idx in range(150):
-        case = random_case(rng, int(rng.integers(1, 4)), idx, unshared=False,
-                           batch=int(rng.integers(1, 9)))
-        spec = _spec(case, ("forward", "grad_input")[idx % 2])
-        limit(int(rng.integers(64, 40000)))
-        if not phase_tiled.supports(spec):
-            refused += 1
-            continue
-        nb, ws = phase_tiled._plan(spec)
-        assert 1 <= nb <= spec.batch and ws <= im2col.get_workspace_limit(), (case, nb, ws)
-        fitted += 1
+    fitted, refused = plans_within_limit(phase_tiled, np.random.default_rng(9500),
+                                         ("forward", "grad_input"), workspace_limit, 40000)
     assert fitted > 20 and refused > 20
 
 
