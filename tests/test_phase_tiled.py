@@ -1,6 +1,8 @@
 """phase_tiled: its LLVM micro-kernel for every tile shape, and the tiling's edges (output
 channels left over after the 6-channel tiles, rows not a multiple of the block, segments rounded
-up to whole vectors, several segments and chunks) against the reference.
+up to whole vectors, several segments and chunks; for grad-weights input channels left over after
+the 6-channel tiles, output channels in several blocks of vectors and across groups) against the
+reference.
 
 The registry-parametrized sweeps run it at its default sizes, where small problems are one block
 of rows in one segment of one chunk; here the sizes shrink so every boundary is crossed.
@@ -63,6 +65,10 @@ def _check(case, rng, direction):
         fn = {2: nbconv.conv2d, 3: nbconv.conv3d}[nd]
         out, a, b = fn(x, w, **kw), x, w
         ref = lambda a, b: R.conv_nd(a, b, **rk)  # noqa: E731
+    elif direction == "grad_weights":
+        fn = {2: nbconv.conv2d_grad_wrt_weights, 3: nbconv.conv3d_grad_wrt_weights}[nd]
+        out, a, b = fn(x, dy, case.w_shape, **kw), x, dy
+        ref = lambda a, b: R.conv_nd_grad_weights(a, b, case.w_shape, **rk)  # noqa: E731
     else:
         fn = {2: nbconv.conv2d_grad_wrt_inputs, 3: nbconv.conv3d_grad_wrt_inputs}[nd]
         out, a, b = fn(dy, w, case.x_shape, **kw), dy, w
@@ -86,14 +92,15 @@ def small_tiles(monkeypatch):
 def test_tiles_cross_every_boundary(small_tiles, nd, nthreads):
     """Output channels per group 1-15 (6-channel tiles and every remainder), rows not a multiple
     of the block, several segments and chunks, strides, groups, dilations, both dtypes and
-    flips; grad-input for the stride-1 cases."""
+    flips; grad-input for the stride-1 cases; grad-weights (input channels 1-15 per group: every
+    remainder of the 6-channel tiles; several chunks)."""
     rng = np.random.default_rng(9300 + 10 * nd + nthreads)
     sweep = Sweep("phase_tiled")
     for idx in range(24 if nd == 2 else 10):
         case = random_case(rng, nd, idx, unshared=False, batch=int(rng.integers(1, 5)),
-                           og=int(rng.integers(1, 16)), cg=int(rng.integers(1, 4)),
+                           og=int(rng.integers(1, 16)), cg=int(rng.integers(1, 4 if idx % 2 else 16)),
                            max_spatial=12 if nd == 2 else 6, max_stride=3)
-        for direction in ("forward", "grad_input"):
+        for direction in ("forward", "grad_input", "grad_weights"):
             if not phase_tiled.supports(shared_spec(case, direction)):
                 continue
             with threads(nthreads):
@@ -114,22 +121,38 @@ def test_default_sizes_long_rows_and_many_channels():
                                rtol=1e-12, atol=1e-11)
 
 
-def test_strided_grad_input_and_grad_weights_are_not_applicable():
-    x = np.ones((1, 2, 9, 9), dtype=np.float32)
-    w = np.ones((3, 2, 3, 3), dtype=np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_weights_output_channels_in_several_vector_blocks(dtype):
+    """Grad-weights with 70 output channels per group (5 vectors of float32, 9 of float64: a
+    block of 4 vectors and a shorter one), 13 input channels per group (6 + 6 + 1), 2 groups whose
+    vectors overlap the next group's channels, stride 2 and a dilation, both flips, several
+    chunks."""
+    rng = np.random.default_rng(9450)
+    x = rng.standard_normal((3, 26, 11, 10)).astype(dtype)
+    w_shape = (140, 13, 3, 2)
+    kw = dict(border_mode=(1, 2), subsample=(2, 1), filter_dilation=(1, 2), num_groups=2)
+    dy = rng.standard_normal(nbconv.conv2d(x, np.zeros(w_shape, dtype), **kw).shape).astype(dtype)
+    tol = 2e-4 if dtype == np.float32 else 1e-11
+    for flip in (True, False):
+        got = nbconv.conv2d_grad_wrt_weights(x, dy, w_shape, filter_flip=flip, algo="phase_tiled", **kw)
+        want = R.conv_nd_grad_weights(x, dy, w_shape, filter_flip=flip, **kw)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_strided_grad_input_is_not_applicable():
     dy = np.ones((1, 3, 4, 4), dtype=np.float32)
+    w = np.ones((3, 2, 3, 3), dtype=np.float32)
     with pytest.raises(nbconv.AlgorithmNotApplicable):
-        nbconv.conv2d_grad_wrt_inputs(dy, w, x.shape, subsample=2, algo="phase_tiled")
-    with pytest.raises(nbconv.AlgorithmNotApplicable):
-        nbconv.conv2d_grad_wrt_weights(x, dy, w.shape, subsample=2, algo="phase_tiled")
-    assert nbconv.registry.get("phase_tiled").directions == {"forward", "grad_input"}
+        nbconv.conv2d_grad_wrt_inputs(dy, w, (1, 2, 9, 9), subsample=2, algo="phase_tiled")
+    assert nbconv.registry.get("phase_tiled").directions == {"forward", "grad_input", "grad_weights"}
 
 
 def test_workspace_never_exceeds_the_limit(workspace_limit):
     """For random problems and limits: whenever it applies, the planned workspace (planes, slack
     and every thread's accumulators) fits the limit, with at least one image per chunk."""
     fitted, refused = plans_within_limit(phase_tiled, np.random.default_rng(9500),
-                                         ("forward", "grad_input"), workspace_limit, 40000)
+                                         ("forward", "grad_input", "grad_weights"), workspace_limit,
+                                         40000)
     assert fitted > 20 and refused > 20
 
 
@@ -142,6 +165,34 @@ def test_workspace_counts_the_accumulators_of_every_thread():
     L = min(phase_tiled._segment(g, 128), g.Lb)
     acc = numba.get_num_threads() * 128 * (-(-L // 16) * 16)
     assert ws == (nb * phase_direct._per_image(spec) + acc + phase_tiled._slack(spec)) * 4
+
+
+def test_grad_weights_allocates_what_its_workspace_declares(monkeypatch):
+    """The scratch grad-weights carves (planes and dy on the grid for a chunk, dW's accumulators)
+    plus its int64 row offsets is the declared workspace, for a chunk of 1 image and of several."""
+    carved = []
+    real = phase_tiled._scratch_arrays
+
+    def recording(dtype, *counts):
+        carved.append(sum(counts) * np.dtype(dtype).itemsize)
+        return real(dtype, *counts)
+
+    monkeypatch.setattr(phase_tiled, "_scratch_arrays", recording)
+    rng = np.random.default_rng(9460)
+    x = rng.standard_normal((5, 7, 12, 11)).astype(np.float32)
+    dy = rng.standard_normal((5, 20, 6, 9)).astype(np.float32)
+    for target in (1, 2**20):
+        monkeypatch.setattr(im2col, "_CHUNK_TARGET", target)
+        spec = build("grad_weights", 2, x.shape, (20, 7, 3, 3), border_mode=(1, 0), subsample=(2, 1),
+                     filter_dilation=1, num_groups=1, unshared=False, filter_flip=True,
+                     dtype=np.float32, names={"x": "x", "w": "w"})
+        nb, ws = phase_tiled._plan(spec)
+        assert nb == (1 if target == 1 else 5)
+        carved.clear()
+        nbconv.conv2d_grad_wrt_weights(x, dy, (20, 7, 3, 3), border_mode=(1, 0), subsample=(2, 1),
+                                       algo="phase_tiled")
+        Lb = phase_tiled._flat._grid(spec).Lb
+        assert carved and carved[0] + Lb * 8 <= ws < carved[0] + Lb * 8 + 64 * 3
 
 
 def test_segments_shrink_as_output_channels_grow():

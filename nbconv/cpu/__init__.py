@@ -143,14 +143,21 @@ def _phase_tiled_estimate(spec):
     # at 14x14 with 1024 channels 117, 1-channel groups 19. Of rate x overhead pairs from 165 to
     # 185 GFLOP/s and 10 to 50 ns, this one keeps Winograd and the 1x1 GEMM where they are faster
     # (they are: 7.5 vs 12.5 ms, 4.9 vs 7.0) and picks this for the strided 3x3 and DCGAN
-    widen, tiles = phase_tiled.cost(spec)
-    og = spec.group_out
-    rest = og % 6 if og % 6 < 4 else og % 6 - 4  # channels left to tiles of 2 and 1
-    full = (og - rest) / og
+    widen, tiles, full = phase_tiled.cost(spec)
+    if spec.direction == GRAD_WEIGHTS:
+        # the swapped tile: ~190 GFLOP/s with 4 vectors of output channels per tile (DCGAN 198,
+        # the strided 3x3 195), less with fewer (ResNeXt's 4-channel groups, 1 vector with 4
+        # lanes used: 115 on the lanes), plus ~0.7 ns per element of dy transposed onto the grid
+        # and of dW copied out of the accumulators (measured 0.5-0.8 and 0.5-1.2)
+        nv, moved = phase_tiled.gw_extra(spec)
+        rate = 190e9 * (0.5 + nv / 8)
+        return (3 * _LAUNCH + widen * spec.flops() * (full / rate + (1 - full) / 60e9) + tiles * 30e-9
+                + moved * 0.7e-9)
     return 3 * _LAUNCH + widen * spec.flops() * (full / 175e9 + (1 - full) / 60e9) + tiles * 30e-9
 
 
 _register("phase_tiled", phase_tiled,
           "phase_direct's planes with register-tiled accumulators (up to 6 output channels x 64 "
-          "positions per tile, LLVM vector IR); forward, and grad-input of stride-1 problems",
+          "positions per tile, LLVM vector IR); forward, grad-input of stride-1 problems, "
+          "grad-weights (6 input channels x 64 output channels per tile)",
           _phase_tiled_estimate, flips=True)

@@ -24,16 +24,23 @@ WaveNet's layer 3.7 vs 4.9 (grad-input 4.1 vs 5.3), ResNeXt's 4-channel groups 2
 (grad-input 2.7 vs 2.8). It loses to Winograd on stride-1 3x3 layers (ResNet's at 56x56 10.7 vs
 10.1, at 7x7 12.8 vs 7.5, where 63-position planes make tiles short) and to the 1x1 GEMM (6.4 vs
 5.5). Grad-input of a stride-1 problem is its adjoint's forward, as there.
+
+Grad-weights swaps the tile's roles (:func:`grad_weights`): accumulators of 6 input channels x 4
+vectors of output channels, dy transposed onto the grid as the vector operand. Measured side by
+side (2 threads, ms, this against phase_direct): DCGAN 12.6 vs 15.7, the strided 3x3 13.7 vs 14.7
+(kernel alone 195-198 GFLOP/s); the dilated 3x3 61.5 vs 68.6; it loses where the transposes cost
+more than the tiles gain (WaveNet 5.0 vs 3.8), with few input channels (the stem's 3: 24 vs 12)
+and with few output channels per group (ResNeXt's 4: one vector, 4 of its 16 lanes used).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ..spec import GRAD_INPUT
+from ..spec import GRAD_INPUT, GRAD_WEIGHTS
 from . import im2col as _im2col
 from . import im2col_flat as _flat
 from . import phase_direct as _pd
 from ._vtile import MAX_NV, _tile, vector_width
-from .im2col import _scratch_arrays
+from .im2col import _fill_zero, _scratch_arrays
 
 # Rows per block: each tile sums a block's rows in registers, then its accumulators go back to
 # memory. Measured (2 threads, ms, strided 3x3 / DCGAN / stem): 32 rows 18.9 / 15.7 / 13.8,
@@ -81,10 +88,39 @@ def _per_thread(spec):
 
 def _plan(spec):
     """(images per chunk, workspace bytes), as phase_direct's: the per-thread accumulators and the
-    slack after the planes first, then as many whole images as fit."""
+    slack after the planes first (grad-weights: dW's accumulators and the grid's row offsets),
+    then as many whole images as fit."""
     if spec.direction == GRAD_INPUT:
         return _plan(_pd._adjoint(spec))
+    if spec.direction == GRAD_WEIGHTS:
+        # dW's accumulators are not part of the cache-sized chunk: they are the same for any
+        # number of images, and reloaded by every chunk (ResNet's 3x3 at 7x7, 9 MiB of them,
+        # in 8 one-image chunks: 14.8 ms of kernel, 11.5 in one chunk of 8)
+        item = spec.np_dtype.itemsize
+        per, fixed = _gw_per_image(spec) * item, _gw_fixed(spec) * item
+        budget = min(_im2col._CHUNK_TARGET, _im2col.get_workspace_limit() - fixed)
+        nb = min(spec.batch, max(1, budget // per))
+        return nb, nb * per + fixed
     return _pd._chunk_plan(spec, _per_thread(spec) + _slack(spec))
+
+
+def _ldo(spec):
+    """Row length of dy transposed onto the grid: the last group's output channels, rounded up to
+    whole vectors, must fit in it."""
+    VW = _vw(spec)
+    return _round((spec.groups - 1) * spec.group_out + _round(spec.group_out, VW), VW)
+
+
+def _gw_per_image(spec):
+    """An image's phase planes and dy transposed onto its grid (positions x _ldo)."""
+    g = _flat._grid(spec)
+    return spec.in_channels * len(g.phases) * g.PS + g.Lb * _ldo(spec)
+
+
+def _gw_fixed(spec):
+    """dW's accumulators (taps x input channels x _ldo) and the grid's int64 row offsets."""
+    item = spec.np_dtype.itemsize
+    return _pd._taps(spec) * spec.in_channels * _ldo(spec) + -(-_flat._grid(spec).Lb * 8 // item)
 
 
 def _slack(spec):
@@ -93,6 +129,8 @@ def _slack(spec):
 
 
 def _plan_one(spec):
+    if spec.direction == GRAD_WEIGHTS:
+        return (_gw_per_image(spec) + _gw_fixed(spec)) * spec.np_dtype.itemsize
     return (_pd._per_image(spec) + _per_thread(spec) + _slack(spec)) * spec.np_dtype.itemsize
 
 
@@ -100,19 +138,49 @@ def workspace(spec):
     return _plan(spec)[1]
 
 
+def _subtiles(n):
+    """Tiles of 6, 4, 2 and 1 channels that n channels split into, as the kernels split them."""
+    k = 0
+    while n > 0:
+        n -= 6 if n >= 6 else (4 if n >= 4 else (2 if n >= 2 else 1))
+        k += 1
+    return k
+
+
+def _full(n):
+    """The share of n channels in tiles of 6 or 4 (the rest go to tiles of 2 and 1)."""
+    rest = n % 6 if n % 6 < 4 else n % 6 - 4
+    return (n - rest) / max(n, 1)
+
+
 def cost(spec):
-    """(rounded grid work / the definition's work, tiles) for the `guess` estimate."""
+    """(rounded work / the definition's work, tiles, share of the work in 6- and 4-channel tiles)
+    for the `guess` estimate."""
     if spec.direction == GRAD_INPUT:
         return cost(_pd._adjoint(spec))
     g = _flat._grid(spec)
     P = spec.out_size[0] * spec.out_size[1] * spec.out_size[2]
+    VW = _vw(spec)
+    if spec.direction == GRAD_WEIGHTS:
+        nvt = -(-spec.group_out // VW)
+        tiles = (spec.batch * spec.groups * _pd._taps(spec) * _subtiles(spec.group_in)
+                 * -(-nvt // MAX_NV))
+        return g.Lb * nvt * VW / max(P * spec.group_out, 1), tiles, _full(spec.group_in)
     S = min(_segment(g, spec.group_out), g.Lb)
     nseg = -(-g.Lb // S)
-    Lr = _round(S, _vw(spec))
+    Lr = _round(S, VW)
     R = spec.group_in * _pd._taps(spec)
     tiles = (spec.batch * nseg * spec.groups * -(-spec.group_out // 6) * -(-R // _ROWS)
-             * -(-Lr // (MAX_NV * _vw(spec))))
-    return nseg * Lr / max(P, 1), tiles
+             * -(-Lr // (MAX_NV * VW)))
+    return nseg * Lr / max(P, 1), tiles, _full(spec.group_out)
+
+
+def gw_extra(spec):
+    """(vectors of output channels per tile on average, elements moved outside the tiles: dy
+    transposed onto the grid and dW out of the accumulators) for grad-weights' estimate."""
+    nvt = -(-spec.group_out // _vw(spec))
+    moved = spec.batch * _flat._grid(spec).Lb * _ldo(spec) + spec.out_channels * spec.group_in * _pd._taps(spec)
+    return nvt / -(-nvt // MAX_NV), moved
 
 
 @njit(parallel=True, cache=True)
@@ -170,3 +238,115 @@ def forward(spec, x, w):
 
 def grad_input(spec, dy, w):
     return forward(_pd._adjoint(spec), dy, _pd._adjoint_weights(spec, w))
+
+
+@njit(parallel=True, cache=True)
+def _dy_rows_kernel(dy, DT, n0, nb, Lb, Hq, Wq):
+    """DT[b*Lb + p, o] = dy[n0 + b, o] at grid position p = (od*Hq + oh)*Wq + ow, zeros at the
+    junk positions and in the columns past the output channels."""
+    O, OH, OW = dy.shape[1], dy.shape[3], dy.shape[4]
+    nr = Lb // Wq
+    for t in prange(nb * nr):
+        b = t // nr
+        r = t % nr
+        od, oh = r // Hq, r % Hq
+        blk = DT[b * Lb + r * Wq:b * Lb + (r + 1) * Wq]
+        if oh >= OH:
+            for i in range(Wq):
+                _fill_zero(blk[i])
+            continue
+        src = dy[n0 + b, :, od, oh]
+        # blocks of 16 positions (a cache line of each channel's row), channels in the middle:
+        # the block's 16 destination rows stay in L1. Channels innermost instead read lines a
+        # row of dy apart, which alias in L1 when the rows are long (WaveNet's 4096 positions:
+        # 0.80 ms for two images, ~16x slower)
+        for ow0 in range(0, OW, 16):
+            ow1 = min(OW, ow0 + 16)
+            for o in range(O):
+                for ow in range(ow0, ow1):
+                    blk[ow, o] = src[o, ow]
+        for ow in range(OW):
+            _fill_zero(blk[ow, O:])
+        for i in range(OW, Wq):
+            _fill_zero(blk[i])
+
+
+@njit(parallel=True, cache=True)
+def _gw_tiled_kernel(planes, offs, dt, poff, acc, first, Lb, K, Og, ldw, VW):
+    """acc[c, k*ldo + g*Og + j] (+)= sum_{b, p < Lb} planes[b, off[g, cl*K + k] + p] * dt[(b*Lb + p)*ldo + g*Og + j]
+    for input channel c = g*Cg + cl, tap k, j < Og rounded up to whole vectors. One task per (vectors of output channels, group, tap, tile of 6 input channels):
+    the tiles of a tap are consecutive, so a task's dy columns stay in L2 for the next."""
+    nb = planes.shape[0]
+    G, R = offs.shape
+    Cg = R // K
+    ldo = acc.shape[1] // K
+    nct = (Cg + 5) // 6
+    nvt = (Og + VW - 1) // VW
+    nvb = (nvt + MAX_NV - 1) // MAX_NV
+    for t in prange(nvb * G * K * nct):
+        v0 = (t // (G * K * nct)) * MAX_NV
+        g = (t // (K * nct)) % G
+        k = (t // nct) % K
+        c0 = (t % nct) * 6
+        ce = min(Cg, c0 + 6)
+        nv = min(MAX_NV, nvt - v0)
+        o0 = g * Og + v0 * VW
+        while c0 < ce:
+            n = ce - c0
+            no = 6 if n >= 6 else (4 if n >= 4 else (2 if n >= 2 else 1))
+            wo = offs[g, c0 * K + k]
+            yo = ((g * Cg + c0) * K + k) * ldo + o0
+            for b in range(nb):
+                _tile(no, nv, b > 0 or not first, dt, poff, planes[b], acc, 0, Lb, b * Lb * ldo + o0,
+                      wo, yo, ldw)
+            c0 += no
+
+
+@njit(parallel=True, cache=True)
+def _gw_out_kernel(acc, out, K, first_row):
+    """out[o, cl*K + k] = acc[first_row[o] + cl, k*ldo + o] (first_row[o]: the first input
+    channel of o's group). A task per 16 output channels (a cache line of each accumulator row)
+    walks the input channels in order, so its reads and its 16 output rows advance steadily.
+    Measured (ms; ResNet's 3x3 at 7x7, 512 x 512 x 9 / DCGAN's 256 x 128 x 16): 2.6 / 0.18; a
+    task per 16 x 16 block gathered in a buffer 6.8 / 0.44, numpy's transposed copy 12.1 / 0.89.
+    It loses only with one tap (the 1x1 at 14x14, 1024 x 256: 0.48 vs 0.23 for the blocks)."""
+    O, CK = out.shape
+    Cg = CK // K
+    ldo = acc.shape[1] // K
+    for t in prange((O + 15) // 16):
+        o0 = t * 16
+        for cl in range(Cg):
+            for o in range(o0, min(O, o0 + 16)):
+                r = first_row[o] + cl
+                for k in range(K):
+                    out[o, cl * K + k] = acc[r, k * ldo + o]
+
+
+def grad_weights(spec, x, dy):
+    """dW[o, c, k] = sum_{b, p} D[b, o, p] * planes[b, off[c, k] + p] (D: dy on the grid) with the
+    roles of the forward tile swapped: the accumulators are 6 input channels (one tap) x 4 vectors
+    of output channels, the reduction runs over grid positions, a position's dy values (one row
+    of dy transposed, contiguous in o) are the vector operand and its 6 plane elements the
+    broadcast ones (the same tap of consecutive channels: rows a plane apart)."""
+    C, O = spec.in_channels, spec.out_channels
+    if spec.batch == 0:
+        return np.zeros(spec.w_shape, dtype=spec.np_dtype)
+    g = _flat._grid(spec)
+    nb, _ = _plan(spec)
+    K = _pd._taps(spec)
+    ldo = _ldo(spec)
+    size = C * len(g.phases) * g.PS
+    off = _pd._offsets(spec)
+    pbuf, dbuf, abuf = _scratch_arrays(spec.np_dtype, nb * size, nb * g.Lb * ldo, K * C * ldo)
+    poff = np.arange(g.Lb, dtype=np.int64) * ldo
+    acc = abuf.reshape(C, K * ldo)
+    for i, (n0, m) in enumerate(_flat._chunks(spec, nb)):
+        planes = pbuf[:m * size].reshape(m, C, len(g.phases) * g.PS)
+        _pd._fill(spec, g, x, planes, n0)
+        DT = dbuf[:m * g.Lb * ldo].reshape(m * g.Lb, ldo)
+        _dy_rows_kernel(dy, DT, n0, m, g.Lb, g.Hq, g.Wq)
+        _gw_tiled_kernel(planes.reshape(m, size), off, DT.reshape(-1), poff, acc, i == 0, g.Lb, K,
+                         spec.group_out, len(g.phases) * g.PS, _vw(spec))
+    out = np.empty((O, spec.group_in * K), dtype=spec.np_dtype)
+    _gw_out_kernel(acc, out, K, np.arange(O) // spec.group_out * spec.group_in)
+    return out.reshape(spec.w_shape)
