@@ -143,6 +143,10 @@ def _phase_tiled_estimate(spec):
     # at 14x14 with 1024 channels 117, 1-channel groups 19. Of rate x overhead pairs from 165 to
     # 185 GFLOP/s and 10 to 50 ns, this one keeps Winograd and the 1x1 GEMM where they are faster
     # (they are: 7.5 vs 12.5 ms, 4.9 vs 7.0) and picks this for the strided 3x3 and DCGAN
+    if spec.direction == GRAD_INPUT and spec.stride != (1, 1, 1):
+        # a forward problem per phase of dx, whose output is copied into dx (~0.5 ns per element)
+        subs = [sub for _, sub, _, _ in phase_tiled._phases(spec) if sub is not None]
+        return sum(_phase_tiled_estimate(sub) for sub in subs) + prod(spec.x_shape) * 0.5e-9
     widen, tiles, full = phase_tiled.cost(spec)
     if spec.direction == GRAD_WEIGHTS:
         # the swapped tile: ~190 GFLOP/s with 4 vectors of output channels per tile (DCGAN 198,
@@ -158,6 +162,6 @@ def _phase_tiled_estimate(spec):
 
 _register("phase_tiled", phase_tiled,
           "phase_direct's planes with register-tiled accumulators (up to 6 output channels x 64 "
-          "positions per tile, LLVM vector IR); forward, grad-input of stride-1 problems, "
-          "grad-weights (6 input channels x 64 output channels per tile)",
+          "positions per tile, LLVM vector IR); forward, grad-input (strided: a stride-1 "
+          "problem per phase of dx), grad-weights (6 input channels x 64 output channels per tile)",
           _phase_tiled_estimate, flips=True)

@@ -23,7 +23,11 @@ load 0.9-1.5; this against phase_direct and the best other): DCGAN's 4x4 stride-
 WaveNet's layer 3.7 vs 4.9 (grad-input 4.1 vs 5.3), ResNeXt's 4-channel groups 2.6 vs 3.1
 (grad-input 2.7 vs 2.8). It loses to Winograd on stride-1 3x3 layers (ResNet's at 56x56 10.7 vs
 10.1, at 7x7 12.8 vs 7.5, where 63-position planes make tiles short) and to the 1x1 GEMM (6.4 vs
-5.5). Grad-input of a stride-1 problem is its adjoint's forward, as there.
+5.5). Grad-input of a stride-1 problem is its adjoint's forward, as there; a strided one is one
+stride-1 forward problem per phase of dx (:func:`_phases`), each writing its strided view of dx.
+Measured side by side (ms, this against im2col_flat, the best before it): DCGAN's 4x4 stride-2
+13.3 vs 13.9, the strided 3x3 11.5 vs 13.1 (each phase's kernel ~173 GFLOP/s; the rest is the
+phases' weights, dy's planes four times over and dx's first touch).
 
 Grad-weights swaps the tile's roles (:func:`grad_weights`): accumulators of 6 input channels x 4
 vectors of output channels, dy transposed onto the grid as the vector operand. Measured side by
@@ -32,10 +36,15 @@ side (2 threads, ms, this against phase_direct): DCGAN 12.6 vs 15.7, the strided
 more than the tiles gain (WaveNet 5.0 vs 3.8), with few input channels (the stem's 3: 24 vs 12)
 and with few output channels per group (ResNeXt's 4: one vector, 4 of its 16 lanes used).
 """
+from dataclasses import replace
+from functools import lru_cache
+from itertools import product
+from math import gcd, prod
+
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ..spec import GRAD_INPUT, GRAD_WEIGHTS
+from ..spec import FORWARD, GRAD_INPUT, GRAD_WEIGHTS
 from . import im2col as _im2col
 from . import im2col_flat as _flat
 from . import phase_direct as _pd
@@ -74,7 +83,12 @@ def _round(n, m):
 
 def supports(spec):
     if spec.direction == GRAD_INPUT:
-        return spec.stride == (1, 1, 1) and not spec.unshared and supports(_pd._adjoint(spec))
+        if spec.unshared:
+            return False
+        if spec.stride == (1, 1, 1):
+            return supports(_pd._adjoint(spec))
+        return (all(supports(sub) for _, sub, _, _ in _phases(spec) if sub is not None)
+                and _plan(spec)[1] <= _im2col.get_workspace_limit())
     return (not spec.unshared and min(spec.pad_lo) >= 0
             and _plan_one(spec) <= _im2col.get_workspace_limit())
 
@@ -89,9 +103,15 @@ def _per_thread(spec):
 def _plan(spec):
     """(images per chunk, workspace bytes), as phase_direct's: the per-thread accumulators and the
     slack after the planes first (grad-weights: dW's accumulators and the grid's row offsets),
-    then as many whole images as fit."""
+    then as many whole images as fit. A strided grad-input runs its phases one after another:
+    the most any of them holds (its forward's workspace, its weights, its output and the
+    cropped dy it reads), with the fewest images per chunk."""
     if spec.direction == GRAD_INPUT:
-        return _plan(_pd._adjoint(spec))
+        if spec.stride == (1, 1, 1):
+            return _plan(_pd._adjoint(spec))
+        plans = [(_plan(sub)[0], _plan(sub)[1] + _phase_bytes(sub, crop))
+                 for _, sub, crop, _ in _phases(spec) if sub is not None]
+        return (min(n for n, _ in plans), max(b for _, b in plans)) if plans else (spec.batch, 0)
     if spec.direction == GRAD_WEIGHTS:
         # dW's accumulators are not part of the cache-sized chunk: they are the same for any
         # number of images, and reloaded by every chunk (ResNet's 3x3 at 7x7, 9 MiB of them,
@@ -216,12 +236,14 @@ def _fwd_tiled_kernel(planes, offs, wf, y, n0, Lb, S, Hq, Wq, VW, RB):
         _pd._crop_rows(Y, y[n0 + b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
 
 
-def forward(spec, x, w):
+def forward(spec, x, w, y=None):
+    """``y``: where to write the result (any strides; a fresh array when None)."""
     g = _flat._grid(spec)
     nb, _ = _plan(spec)
     C = spec.in_channels
     size = C * len(g.phases) * g.PS
-    y = np.empty(spec.y_shape, dtype=spec.np_dtype)
+    if y is None:
+        y = np.empty(spec.y_shape, dtype=spec.np_dtype)
     wf = np.ascontiguousarray(w).reshape(-1)
     off = _pd._offsets(spec)
     slack = _slack(spec)
@@ -236,8 +258,96 @@ def forward(spec, x, w):
     return y
 
 
+@lru_cache(maxsize=256)
+def _phases(spec):
+    """A strided grad-input as one stride-1 forward problem per phase of dx.
+
+    Along an axis, dx[i0 + s*t] (phase i0 < s) gathers dy[t + q_k] * w[k] over the taps k with
+    k*d = i0 + lo (mod s), q_k = (i0 + lo - k*d) / s: in descending k the offsets q_k grow by
+    d / gcd(s, d), so the phase is a correlation of dy (cropped by the smallest offset when that
+    is positive, padded by minus it otherwise) with those taps reversed, dilated by d / gcd(s, d),
+    whose output has the phase's length. Returns ((i0 per axis), forward spec or None when no tap
+    reaches the phase or every tap reads past dy, (dy crop per axis), (taps per axis, descending))
+    for every phase."""
+    axes = []
+    for I, K, lo, s, d, OY in zip(spec.in_size, spec.kernel, spec.pad_lo, spec.stride,
+                                  spec.dilation, spec.out_size):
+        per = []
+        for i0 in range(min(s, I)):
+            T = -(-(I - i0) // s)
+            taps = tuple(k for k in reversed(range(K)) if (i0 + lo - k * d) % s == 0)
+            if not taps:
+                per.append((i0, T, None))
+                continue
+            qmin = (i0 + lo - taps[0] * d) // s
+            crop = max(0, qmin)
+            dq = d // gcd(s, d)
+            lo_ = crop - qmin
+            Y = OY - crop
+            hi_ = T - Y - lo_ + (len(taps) - 1) * dq
+            per.append((i0, T, (taps, crop, Y, lo_, hi_, dq) if Y > 0 else None))
+        axes.append(per)
+    out = []
+    for ph in product(*axes):
+        start = tuple(a[0] for a in ph)
+        if any(a[2] is None for a in ph):
+            out.append((start, None, None, None))
+            continue
+        taps, crop, Y, lo_, hi_, dq = zip(*(a[2] for a in ph))
+        sub = replace(spec, direction=FORWARD, in_channels=spec.out_channels,
+                      out_channels=spec.in_channels, in_size=Y, out_size=tuple(a[1] for a in ph),
+                      kernel=tuple(len(t) for t in taps), stride=(1, 1, 1), dilation=dq,
+                      pad_lo=lo_, pad_hi=hi_, flip=False)
+        out.append((start, sub, crop, taps))
+    return tuple(out)
+
+
+def _phase_bytes(sub, crop):
+    """What a phase holds besides its forward's workspace: its weights, its output, and dy's
+    cropped copy when it crops."""
+    n = prod(sub.w_shape) + prod(sub.y_shape) + (prod(sub.x_shape) if any(crop) else 0)
+    return n * sub.np_dtype.itemsize
+
+
 def grad_input(spec, dy, w):
-    return forward(_pd._adjoint(spec), dy, _pd._adjoint_weights(spec, w))
+    if spec.stride == (1, 1, 1):
+        return forward(_pd._adjoint(spec), dy, _pd._adjoint_weights(spec, w))
+    dx = np.empty(spec.x_shape, dtype=spec.np_dtype)
+    sd, sh, sw = spec.stride
+    KD, KH, KW = spec.kernel
+    for (a, b, c), sub, crop, taps in _phases(spec):
+        view = dx[:, :, a::sd, b::sh, c::sw]
+        if sub is None:
+            view[...] = 0
+            continue
+        td, th, tw = (np.array(t if not spec.flip else [K - 1 - k for k in t], dtype=np.int64)
+                      for t, K in zip(taps, (KD, KH, KW)))
+        ws = np.empty(sub.w_shape, dtype=spec.np_dtype)
+        _phase_weights_kernel(w, ws, td, th, tw, spec.groups)
+        src = dy
+        if any(crop):
+            src = np.ascontiguousarray(dy[:, :, crop[0]:, crop[1]:, crop[2]:])
+        # the phase's output goes straight into dx's strided view (a copy of a separate output
+        # measured 0.1-0.4 ms per phase)
+        forward(sub, src, ws, view)
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def _phase_weights_kernel(w, ws, td, th, tw, G):
+    """ws[g*Cg + cl, ol, i, j, k] = w[g*Og + ol, cl, td[i], th[j], tw[k]]: a phase's taps of the
+    weights, input and output channels swapped per group (the adjoint's weights, as
+    phase_direct._adjoint_weights, without copying the taps the phase does not use)."""
+    O, Cg = w.shape[0], w.shape[1]
+    Og = O // G
+    for t in prange(O):
+        g = t // Og
+        ol = t % Og
+        for cl in range(Cg):
+            for i in range(td.shape[0]):
+                for j in range(th.shape[0]):
+                    for k in range(tw.shape[0]):
+                        ws[g * Cg + cl, ol, i, j, k] = w[t, cl, td[i], th[j], tw[k]]
 
 
 @njit(parallel=True, cache=True)
