@@ -90,6 +90,10 @@ QUIET_TIMEOUT_S = 0.5
 
 SCHEMA = "nbconv.bench/1"
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchworker.py")
+#: the directory holding this nbconv package: the build an isolated nbconv worker imports, so it
+#: runs the code (and reads the tuning entries) of the coordinator, not whatever ``import nbconv``
+#: finds on the interpreter's path (an installed copy of another tree)
+OWN_BUILD = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,7 +499,7 @@ def run(workload="suite", peer=None, directions=None, repeat=10, cases=None, war
     workers = []
     try:
         if isolate:
-            workers.append(Worker("nbconv", "nbconv", threads=threads, force=force))
+            workers.append(Worker("nbconv", "nbconv", build=OWN_BUILD, threads=threads, force=force))
         else:
             workers.append(LocalWorker("nbconv", threads=None, force=force))
         if peer:

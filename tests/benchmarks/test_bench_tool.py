@@ -31,6 +31,20 @@ def test_run_rows_without_peer(small_workload):
     assert bench.geomean_ratio(rows) is None
 
 
+def test_isolated_worker_runs_the_coordinators_nbconv():
+    """The nbconv worker imports the package the coordinator runs (a checkout run with
+    ``python -m nbconv`` next to an installed copy of another tree measured the installed one)."""
+    import os
+
+    import nbconv
+
+    w = bench.Worker("nbconv", "nbconv", build=bench.OWN_BUILD, threads=1)
+    try:
+        assert w.info["file"] == os.path.dirname(os.path.abspath(nbconv.__file__))
+    finally:
+        w.close()
+
+
 def test_unknown_case_is_an_error(small_workload):
     with pytest.raises(ValueError, match="no_such_case"):
         bench.run(small_workload, cases=["no_such_case"])
