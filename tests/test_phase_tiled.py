@@ -87,13 +87,17 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(im2col, "_CHUNK_TARGET", 3000)
 
 
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("nthreads", sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}))
 @pytest.mark.parametrize("nd", [2, 3])
-def test_tiles_cross_every_boundary(small_tiles, nd, nthreads):
+def test_tiles_cross_every_boundary(small_tiles, monkeypatch, nd, nthreads, fuse):
     """Output channels per group 1-15 (6-channel tiles and every remainder), rows not a multiple
     of the block, several segments and chunks, strides, groups, dilations, both dtypes and
-    flips; grad-input for the stride-1 cases; grad-weights (input channels 1-15 per group: every
-    remainder of the 6-channel tiles; several chunks)."""
+    flips; grad-input, strided included; grad-weights (input channels 1-15 per group: every
+    remainder of the 6-channel tiles; several chunks). ``fuse``: every stride-1 forward (and
+    stride-1 grad-input) fills its planes in its tasks, or none does."""
+    monkeypatch.setattr(phase_tiled, "_FUSE_BYTES", 1 << 40 if fuse else -1)
+    monkeypatch.setattr(phase_tiled, "_FUSE_TASKS", 0)
     rng = np.random.default_rng(9300 + 10 * nd + nthreads)
     sweep = Sweep("phase_tiled")
     for idx in range(24 if nd == 2 else 10):
@@ -205,6 +209,30 @@ def test_workspace_counts_the_accumulators_of_every_thread():
     L = min(phase_tiled._segment(g, 128), g.Lb)
     acc = numba.get_num_threads() * 128 * (-(-L // 16) * 16)
     assert ws == (nb * phase_direct._per_image(spec) + acc + phase_tiled._slack(spec)) * 4
+
+
+def test_fused_fill_workspace_and_rule():
+    """ResNeXt's grouped layer fills its planes in its tasks: the workspace is each thread's
+    group planes, slack and accumulators. Strided problems, grad-weights, a group's planes past
+    the cap and too few (image, group) tasks keep the separate fill."""
+    def spec_of(direction, x, w, stride=1, groups=32):
+        return build(direction, 2, x, w, border_mode=1, subsample=stride, filter_dilation=1,
+                     num_groups=groups, unshared=False, filter_flip=True, dtype=np.float32,
+                     names={"x": "x", "w": "w"})
+
+    spec = spec_of("forward", (8, 128, 56, 56), (128, 4, 3, 3))
+    assert phase_tiled._fused(spec)
+    nt = numba.get_num_threads()
+    g = phase_tiled._flat._grid(spec)
+    L = min(phase_tiled._segment(g, 4), g.Lb)
+    nb, ws = phase_tiled._plan(spec)
+    assert nb == 8
+    assert ws == (nt * (4 * g.PS + phase_tiled._slack(spec)) + nt * 4 * (-(-L // 16) * 16)) * 4
+    assert not phase_tiled._fused(spec_of("forward", (8, 128, 56, 56), (128, 4, 3, 3), stride=2))
+    assert not phase_tiled._fused(spec_of("grad_weights", (8, 128, 56, 56), (128, 4, 3, 3)))
+    assert phase_tiled._fused(spec_of("forward", (8, 64, 56, 56), (64, 64, 3, 3), groups=1))
+    assert not phase_tiled._fused(spec_of("forward", (8, 512, 56, 56), (64, 512, 3, 3), groups=1))
+    assert not phase_tiled._fused(spec_of("forward", (1, 4, 9, 9), (4, 4, 3, 3), groups=1))
 
 
 def test_grad_weights_allocates_what_its_workspace_declares(monkeypatch):

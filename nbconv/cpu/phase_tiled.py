@@ -66,6 +66,14 @@ _ROWS = 64
 _SEG = 1024
 _SEG_MAX = 4096
 _ACC = 1 << 16
+# A stride-1 forward task fills its group's planes itself when they take at most this: its own
+# buffer instead of the chunk's planes, written and read back. Side by side (2 threads, ms, fused
+# / separate; the group's planes in brackets): ResNeXt 2.23-2.61 / 2.60-2.98 (54 KiB), its
+# grad-input 2.74 / 3.23, WaveNet 3.90 / 4.27 (2.1 MiB), ResNet's 3x3 at 56x56 10.3 / 10.7
+# (0.9 MiB), C3D 3.94 / 3.95, the dilated 3x3 57.9 / 59.0. The cap keeps a thread's buffer
+# (counted in the workspace) from growing with the image.
+_FUSE_BYTES = 4 << 20
+_FUSE_TASKS = 4  # (image, group) tasks per thread at least, for balance
 
 
 def _segment(g, og):
@@ -121,6 +129,11 @@ def _plan(spec):
         budget = min(_im2col._CHUNK_TARGET, _im2col.get_workspace_limit() - fixed)
         nb = min(spec.batch, max(1, budget // per))
         return nb, nb * per + fixed
+    if _fused(spec):
+        # no chunk: each thread's task holds its group's planes and its accumulators
+        nt = get_num_threads()
+        return spec.batch, (nt * (spec.group_in * _flat._grid(spec).PS + _slack(spec))
+                            + _per_thread(spec)) * spec.np_dtype.itemsize
     return _pd._chunk_plan(spec, _per_thread(spec) + _slack(spec))
 
 
@@ -151,6 +164,8 @@ def _slack(spec):
 def _plan_one(spec):
     if spec.direction == GRAD_WEIGHTS:
         return (_gw_per_image(spec) + _gw_fixed(spec)) * spec.np_dtype.itemsize
+    if _fused(spec):
+        return _plan(spec)[1]
     return (_pd._per_image(spec) + _per_thread(spec) + _slack(spec)) * spec.np_dtype.itemsize
 
 
@@ -236,16 +251,68 @@ def _fwd_tiled_kernel(planes, offs, wf, y, n0, Lb, S, Hq, Wq, VW, RB):
         _pd._crop_rows(Y, y[n0 + b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
 
 
+@njit(parallel=True, cache=True)
+def _fwd_fused_kernel(x, offs, wf, y, Lb, S, Dq, Hq, Wq, pd, ph, pw, PS, VW, RB, slack):
+    """_fwd_tiled_kernel for a stride-1 problem with the plane fill fused in: one task per
+    (image, group) fills the group's planes into a buffer of its own, which stays in L2 while
+    the task's segments are tiled, instead of the chunk's planes going out to memory and back."""
+    N, C = x.shape[0], x.shape[1]
+    G, R = offs.shape
+    Cg = C // G
+    Og = y.shape[1] // G
+    for t in prange(N * G):
+        b = t // G
+        g = t % G
+        pl = np.empty(Cg * PS + slack, dtype=y.dtype)
+        for cl in range(Cg):
+            _pd._fill_plane_s1(pl[cl * PS:(cl + 1) * PS], x[b, g * Cg + cl], Dq, Hq, Wq, pd, ph, pw)
+        _fill_zero(pl[Cg * PS:])
+        off = offs[g]
+        base = g * Cg * PS  # off holds offsets into all C channels' planes; pl has the group's
+        for a in range(0, Lb, S):
+            L = min(S, Lb - a)
+            Lr = (L + VW - 1) // VW * VW
+            Y = np.empty((Og, Lr), dtype=y.dtype)
+            for r0 in range(0, R, RB):
+                r1 = min(R, r0 + RB)
+                o = 0
+                while o < Og:
+                    n = Og - o
+                    no = 6 if n >= 6 else (4 if n >= 4 else (2 if n >= 2 else 1))
+                    q = 0
+                    while q < Lr:
+                        nv = min(MAX_NV, (Lr - q) // VW)
+                        _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, a + q - base, (g * Og + o) * R,
+                              o * Lr + q, R)
+                        q += nv * VW
+                    o += no
+            _pd._crop_rows(Y, y[b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
+
+
+def _fused(spec):
+    """Fill fused into the tiles: stride 1 (one plane per channel), a group's planes small
+    enough to stay in L2 beside the tiles' rows, and tasks enough for every thread."""
+    if spec.direction != FORWARD or spec.stride != (1, 1, 1):
+        return False
+    g = _flat._grid(spec)
+    return (spec.group_in * g.PS * spec.np_dtype.itemsize <= _FUSE_BYTES
+            and spec.batch * spec.groups >= _FUSE_TASKS * get_num_threads())
+
+
 def forward(spec, x, w, y=None):
     """``y``: where to write the result (any strides; a fresh array when None)."""
     g = _flat._grid(spec)
-    nb, _ = _plan(spec)
-    C = spec.in_channels
-    size = C * len(g.phases) * g.PS
     if y is None:
         y = np.empty(spec.y_shape, dtype=spec.np_dtype)
     wf = np.ascontiguousarray(w).reshape(-1)
     off = _pd._offsets(spec)
+    if _fused(spec):
+        _fwd_fused_kernel(x, off, wf, y, g.Lb, _segment(g, spec.group_out), g.Dq, g.Hq, g.Wq,
+                          *spec.pad_lo, g.PS, _vw(spec), _ROWS, _slack(spec))
+        return y
+    nb, _ = _plan(spec)
+    C = spec.in_channels
+    size = C * len(g.phases) * g.PS
     slack = _slack(spec)
     (pbuf,) = _scratch_arrays(spec.np_dtype, nb * size + slack)
     pbuf[nb * size:] = 0
