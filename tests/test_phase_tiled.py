@@ -94,8 +94,8 @@ def test_tiles_cross_every_boundary(small_tiles, monkeypatch, nd, nthreads, fuse
     """Output channels per group 1-15 (6-channel tiles and every remainder), rows not a multiple
     of the block, several segments and chunks, strides, groups, dilations, both dtypes and
     flips; grad-input, strided included; grad-weights (input channels 1-15 per group: every
-    remainder of the 6-channel tiles; several chunks). ``fuse``: every stride-1 forward (and
-    stride-1 grad-input) fills its planes in its tasks, or none does."""
+    remainder of the 6-channel tiles; several chunks). ``fuse``: every forward (and
+    grad-input) fills its planes in its tasks, or none does."""
     monkeypatch.setattr(phase_tiled, "_FUSE_BYTES", 1 << 40 if fuse else -1)
     monkeypatch.setattr(phase_tiled, "_FUSE_TASKS", 0)
     rng = np.random.default_rng(9300 + 10 * nd + nthreads)
@@ -200,7 +200,9 @@ def test_workspace_never_exceeds_the_limit(workspace_limit):
     assert fitted > 20 and refused > 20
 
 
-def test_workspace_counts_the_accumulators_of_every_thread():
+def test_workspace_counts_the_accumulators_of_every_thread(monkeypatch):
+    """With the separate fill: a chunk's planes, every thread's accumulators, the slack."""
+    monkeypatch.setattr(phase_tiled, "_FUSE_BYTES", -1)
     spec = build("forward", 2, (8, 128, 56, 56), (128, 128, 3, 3), border_mode=1, subsample=2,
                  filter_dilation=1, num_groups=1, unshared=False, filter_flip=True,
                  dtype=np.float32, names={"x": "x", "w": "w"})
@@ -212,9 +214,10 @@ def test_workspace_counts_the_accumulators_of_every_thread():
 
 
 def test_fused_fill_workspace_and_rule():
-    """ResNeXt's grouped layer fills its planes in its tasks: the workspace is each thread's
-    group planes, slack and accumulators. Strided problems, grad-weights, a group's planes past
-    the cap and too few (image, group) tasks keep the separate fill."""
+    """ResNeXt's grouped layer and the strided 3x3 (four phase planes per channel) fill their
+    planes in their tasks: the workspace is each thread's group planes, slack and accumulators.
+    Grad-weights, a group's planes past the cap and too few (image, group) tasks keep the
+    separate fill."""
     def spec_of(direction, x, w, stride=1, groups=32):
         return build(direction, 2, x, w, border_mode=1, subsample=stride, filter_dilation=1,
                      num_groups=groups, unshared=False, filter_flip=True, dtype=np.float32,
@@ -228,7 +231,12 @@ def test_fused_fill_workspace_and_rule():
     nb, ws = phase_tiled._plan(spec)
     assert nb == 8
     assert ws == (nt * (4 * g.PS + phase_tiled._slack(spec)) + nt * 4 * (-(-L // 16) * 16)) * 4
-    assert not phase_tiled._fused(spec_of("forward", (8, 128, 56, 56), (128, 4, 3, 3), stride=2))
+    strided = spec_of("forward", (8, 128, 56, 56), (128, 128, 3, 3), stride=2, groups=1)
+    assert phase_tiled._fused(strided)
+    g = phase_tiled._flat._grid(strided)
+    L = min(phase_tiled._segment(g, 128), g.Lb)
+    assert phase_tiled._plan(strided)[1] == (nt * (128 * 4 * g.PS + phase_tiled._slack(strided))
+                                             + nt * 128 * (-(-L // 16) * 16)) * 4
     assert not phase_tiled._fused(spec_of("grad_weights", (8, 128, 56, 56), (128, 4, 3, 3)))
     assert phase_tiled._fused(spec_of("forward", (8, 64, 56, 56), (64, 64, 3, 3), groups=1))
     assert not phase_tiled._fused(spec_of("forward", (8, 512, 56, 56), (64, 512, 3, 3), groups=1))

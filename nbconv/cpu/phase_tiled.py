@@ -66,11 +66,12 @@ _ROWS = 64
 _SEG = 1024
 _SEG_MAX = 4096
 _ACC = 1 << 16
-# A stride-1 forward task fills its group's planes itself when they take at most this: its own
-# buffer instead of the chunk's planes, written and read back. Side by side (2 threads, ms, fused
-# / separate; the group's planes in brackets): ResNeXt 2.23-2.61 / 2.60-2.98 (54 KiB), its
+# A forward task fills its group's planes itself when they take at most this: its own buffer
+# instead of the chunk's planes, written and read back. Side by side (2 threads, ms, fused /
+# separate; the group's planes in brackets): ResNeXt 2.23-2.61 / 2.60-2.98 (54 KiB), its
 # grad-input 2.74 / 3.23, WaveNet 3.90 / 4.27 (2.1 MiB), ResNet's 3x3 at 56x56 10.3 / 10.7
-# (0.9 MiB), C3D 3.94 / 3.95, the dilated 3x3 57.9 / 59.0. The cap keeps a thread's buffer
+# (0.9 MiB), C3D 3.94 / 3.95, the dilated 3x3 57.9 / 59.0; strided: the 3x3 10.1 / 11.0 (1.8
+# MiB), DCGAN 12.3 / 13.0, ResNet's stem 11.4-12.3 / 11.7-13.4. The cap keeps a thread's buffer
 # (counted in the workspace) from growing with the image.
 _FUSE_BYTES = 4 << 20
 _FUSE_TASKS = 4  # (image, group) tasks per thread at least, for balance
@@ -132,7 +133,8 @@ def _plan(spec):
     if _fused(spec):
         # no chunk: each thread's task holds its group's planes and its accumulators
         nt = get_num_threads()
-        return spec.batch, (nt * (spec.group_in * _flat._grid(spec).PS + _slack(spec))
+        g = _flat._grid(spec)
+        return spec.batch, (nt * (spec.group_in * len(g.phases) * g.PS + _slack(spec))
                             + _per_thread(spec)) * spec.np_dtype.itemsize
     return _pd._chunk_plan(spec, _per_thread(spec) + _slack(spec))
 
@@ -252,23 +254,31 @@ def _fwd_tiled_kernel(planes, offs, wf, y, n0, Lb, S, Hq, Wq, VW, RB):
 
 
 @njit(parallel=True, cache=True)
-def _fwd_fused_kernel(x, offs, wf, y, Lb, S, Dq, Hq, Wq, pd, ph, pw, PS, VW, RB, slack):
-    """_fwd_tiled_kernel for a stride-1 problem with the plane fill fused in: one task per
-    (image, group) fills the group's planes into a buffer of its own, which stays in L2 while
-    the task's segments are tiled, instead of the chunk's planes going out to memory and back."""
+def _fwd_fused_kernel(x, offs, wf, y, Lb, S, phase_index, Dq, Hq, Wq, sd, sh, sw, pd, ph, pw, PS,
+                      CS, VW, RB, slack):
+    """_fwd_tiled_kernel with the plane fill fused in: one task per (image, group) fills the
+    group's planes into a buffer of its own, which stays in cache while the task's segments are
+    tiled, instead of the chunk's planes going out to memory and back."""
     N, C = x.shape[0], x.shape[1]
     G, R = offs.shape
     Cg = C // G
     Og = y.shape[1] // G
+    s1 = sd == 1 and sh == 1 and sw == 1
     for t in prange(N * G):
         b = t // G
         g = t % G
-        pl = np.empty(Cg * PS + slack, dtype=y.dtype)
+        pl = np.empty(Cg * CS + slack, dtype=y.dtype)
         for cl in range(Cg):
-            _pd._fill_plane_s1(pl[cl * PS:(cl + 1) * PS], x[b, g * Cg + cl], Dq, Hq, Wq, pd, ph, pw)
-        _fill_zero(pl[Cg * PS:])
+            dst = pl[cl * CS:(cl + 1) * CS]
+            if s1:
+                _pd._fill_plane_s1(dst, x[b, g * Cg + cl], Dq, Hq, Wq, pd, ph, pw)
+            else:
+                _fill_zero(dst)
+                _flat._fill_planes(x[b, g * Cg + cl], dst, phase_index, Dq, Hq, Wq, PS, sd, sh,
+                                   sw, pd, ph, pw)
+        _fill_zero(pl[Cg * CS:])
         off = offs[g]
-        base = g * Cg * PS  # off holds offsets into all C channels' planes; pl has the group's
+        base = g * Cg * CS  # off holds offsets into all C channels' planes; pl has the group's
         for a in range(0, Lb, S):
             L = min(S, Lb - a)
             Lr = (L + VW - 1) // VW * VW
@@ -290,12 +300,12 @@ def _fwd_fused_kernel(x, offs, wf, y, Lb, S, Dq, Hq, Wq, pd, ph, pw, PS, VW, RB,
 
 
 def _fused(spec):
-    """Fill fused into the tiles: stride 1 (one plane per channel), a group's planes small
-    enough to stay in L2 beside the tiles' rows, and tasks enough for every thread."""
-    if spec.direction != FORWARD or spec.stride != (1, 1, 1):
+    """Fill fused into the tiles: a forward problem, a group's planes no larger than the cap,
+    and tasks enough for every thread."""
+    if spec.direction != FORWARD:
         return False
     g = _flat._grid(spec)
-    return (spec.group_in * g.PS * spec.np_dtype.itemsize <= _FUSE_BYTES
+    return (spec.group_in * len(g.phases) * g.PS * spec.np_dtype.itemsize <= _FUSE_BYTES
             and spec.batch * spec.groups >= _FUSE_TASKS * get_num_threads())
 
 
@@ -307,8 +317,9 @@ def forward(spec, x, w, y=None):
     wf = np.ascontiguousarray(w).reshape(-1)
     off = _pd._offsets(spec)
     if _fused(spec):
-        _fwd_fused_kernel(x, off, wf, y, g.Lb, _segment(g, spec.group_out), g.Dq, g.Hq, g.Wq,
-                          *spec.pad_lo, g.PS, _vw(spec), _ROWS, _slack(spec))
+        _fwd_fused_kernel(x, off, wf, y, g.Lb, _segment(g, spec.group_out), g.phase_index, g.Dq,
+                          g.Hq, g.Wq, *spec.stride, *spec.pad_lo, g.PS, len(g.phases) * g.PS,
+                          _vw(spec), _ROWS, _slack(spec))
         return y
     nb, _ = _plan(spec)
     C = spec.in_channels
