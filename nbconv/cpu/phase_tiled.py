@@ -1,4 +1,4 @@
-"""phase_direct's forward pass with register-tiled accumulators (an implicit GEMM without packing).
+"""phase_direct's problems with register-tiled accumulators (an implicit GEMM without packing).
 
 The rows are phase_direct's: on im2col_flat's stride-phase planes, (channel, tap) pair r of an
 image reads the contiguous row ``planes[off[r] + p]``, so
@@ -15,7 +15,9 @@ A task owns one image's segment of grid positions in one group and runs every ou
 the group over it, block of rows by block of rows: the rows of a block (a few channels' taps) are
 re-read from L2 by every output-channel tile. Segments are rounded up to whole vectors; the
 positions past the segment read the planes of the next channel or image (or the zeroed slack after
-the last one) into accumulators that are never copied out.
+the last one) into accumulators that are never copied out. When a group's planes are small
+enough (``_FUSE_BYTES``) and the (image, group) pairs many enough, a task owns a whole image of a
+group and fills that group's planes itself, into a buffer of its own (``_fwd_fused_kernel``).
 
 Measured on 2 cores in the tuner's interleaved rounds (`nbconv.autotune.evaluate regret`, ms,
 load 0.9-1.5; this against phase_direct and the best other): DCGAN's 4x4 stride-2 layer 12.6 vs
