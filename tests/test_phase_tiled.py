@@ -243,6 +243,30 @@ def test_fused_fill_workspace_and_rule():
     assert not phase_tiled._fused(spec_of("forward", (1, 4, 9, 9), (4, 4, 3, 3), groups=1))
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two threads' planes")
+def test_fused_fill_gives_way_to_the_chunked_fill_under_a_tight_limit(workspace_limit):
+    """Every thread's planes of a whole group can exceed a limit that one image's chunked planes
+    fit: the problem then takes the chunked fill instead of becoming inapplicable, and the result
+    is still exact."""
+    rng = np.random.default_rng(9480)
+    x = rng.standard_normal((8, 6, 20, 21)).astype(np.float32)
+    w = rng.standard_normal((5, 6, 3, 3)).astype(np.float32)
+    spec = build("forward", 2, x.shape, w.shape, border_mode=1, subsample=1, filter_dilation=1,
+                 num_groups=1, unshared=False, filter_flip=True, dtype=np.float32,
+                 names={"x": "x", "w": "w"})
+    with threads(2):
+        assert phase_tiled._fused(spec)
+        fused = phase_tiled._fused_bytes(spec)
+        one_image = (phase_direct._per_image(spec) + phase_tiled._per_thread(spec)
+                     + phase_tiled._slack(spec)) * 4
+        assert one_image < fused
+        workspace_limit(fused - 1)
+        assert not phase_tiled._fused(spec) and phase_tiled.supports(spec)
+        assert phase_tiled.workspace(spec) <= fused - 1
+        y = nbconv.conv2d(x, w, border_mode=1, algo="phase_tiled")
+    np.testing.assert_allclose(y, R.conv_nd(x, w, border_mode=1), rtol=1e-4, atol=1e-4)
+
+
 def test_grad_weights_allocates_what_its_workspace_declares(monkeypatch):
     """The scratch grad-weights carves (planes and dy on the grid for a chunk, dW's accumulators)
     plus its int64 row offsets is the declared workspace, for a chunk of 1 image and of several."""

@@ -115,8 +115,8 @@ def _plan(spec):
     """(images per chunk, workspace bytes), as phase_direct's: the per-thread accumulators and the
     slack after the planes first (grad-weights: dW's accumulators and the grid's row offsets),
     then as many whole images as fit. A strided grad-input runs its phases one after another:
-    the most any of them holds (its forward's workspace, its weights, its output and the
-    cropped dy it reads), with the fewest images per chunk."""
+    the most any of them holds (its forward's workspace, its weights and the cropped dy it
+    reads), with the fewest images per chunk."""
     if spec.direction == GRAD_INPUT:
         if spec.stride == (1, 1, 1):
             return _plan(_pd._adjoint(spec))
@@ -133,12 +133,16 @@ def _plan(spec):
         nb = min(spec.batch, max(1, budget // per))
         return nb, nb * per + fixed
     if _fused(spec):
-        # no chunk: each thread's task holds its group's planes and its accumulators
-        nt = get_num_threads()
-        g = _flat._grid(spec)
-        return spec.batch, (nt * (spec.group_in * len(g.phases) * g.PS + _slack(spec))
-                            + _per_thread(spec)) * spec.np_dtype.itemsize
+        return spec.batch, _fused_bytes(spec)
     return _pd._chunk_plan(spec, _per_thread(spec) + _slack(spec))
+
+
+def _fused_bytes(spec):
+    """The fused fill's workspace (no chunk): each thread's group planes, slack, accumulators."""
+    g = _flat._grid(spec)
+    nt = get_num_threads()
+    return (nt * (spec.group_in * len(g.phases) * g.PS + _slack(spec))
+            + _per_thread(spec)) * spec.np_dtype.itemsize
 
 
 def _ldo(spec):
@@ -303,12 +307,14 @@ def _fwd_fused_kernel(x, offs, wf, y, Lb, S, phase_index, Dq, Hq, Wq, sd, sh, sw
 
 def _fused(spec):
     """Fill fused into the tiles: a forward problem, a group's planes no larger than the cap,
-    and tasks enough for every thread."""
+    tasks enough for every thread, and its workspace within the limit (else the chunked fill,
+    which may fit)."""
     if spec.direction != FORWARD:
         return False
     g = _flat._grid(spec)
     return (spec.group_in * len(g.phases) * g.PS * spec.np_dtype.itemsize <= _FUSE_BYTES
-            and spec.batch * spec.groups >= _FUSE_TASKS * get_num_threads())
+            and spec.batch * spec.groups >= _FUSE_TASKS * get_num_threads()
+            and _fused_bytes(spec) <= _im2col.get_workspace_limit())
 
 
 def forward(spec, x, w, y=None):
@@ -383,9 +389,9 @@ def _phases(spec):
 
 
 def _phase_bytes(sub, crop):
-    """What a phase holds besides its forward's workspace: its weights, its output, and dy's
-    cropped copy when it crops."""
-    n = prod(sub.w_shape) + prod(sub.y_shape) + (prod(sub.x_shape) if any(crop) else 0)
+    """What a phase holds besides its forward's workspace: its weights, and dy's cropped copy
+    when it crops (its output is dx's strided view)."""
+    n = prod(sub.w_shape) + (prod(sub.x_shape) if any(crop) else 0)
     return n * sub.np_dtype.itemsize
 
 
