@@ -244,19 +244,28 @@ def _fwd_tiled_kernel(planes, offs, wf, y, n0, Lb, S, Hq, Wq, VW, RB):
         pl = planes[b]
         off = offs[g]
         Y = np.empty((Og, Lr), dtype=y.dtype)
-        for r0 in range(0, R, RB):
-            r1 = min(R, r0 + RB)
-            o = 0
-            while o < Og:
-                n = Og - o
-                no = 6 if n >= 6 else (4 if n >= 4 else (2 if n >= 2 else 1))
-                q = 0
-                while q < Lr:
-                    nv = min(MAX_NV, (Lr - q) // VW)
-                    _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, a + q, (g * Og + o) * R, o * Lr + q, R)
-                    q += nv * VW
-                o += no
+        _segment_tiles(pl, off, wf, Y, a, g * Og * R, R, VW, RB)
         _pd._crop_rows(Y, y[n0 + b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
+
+
+@njit(inline="always")
+def _segment_tiles(pl, off, wf, Y, a, w0, R, VW, RB):
+    """Y[o, q] = sum_r wf[w0 + o*R + r] * pl[off[r] + a + q] for all of Y (output channels x a
+    whole number of vectors): blocks of RB rows, tiles of 6/4/2/1 channels x up to MAX_NV
+    vectors."""
+    Og, Lr = Y.shape
+    for r0 in range(0, R, RB):
+        r1 = min(R, r0 + RB)
+        o = 0
+        while o < Og:
+            n = Og - o
+            no = 6 if n >= 6 else (4 if n >= 4 else (2 if n >= 2 else 1))
+            q = 0
+            while q < Lr:
+                nv = min(MAX_NV, (Lr - q) // VW)
+                _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, a + q, w0 + o * R, o * Lr + q, R)
+                q += nv * VW
+            o += no
 
 
 @njit(parallel=True, cache=True)
@@ -289,19 +298,7 @@ def _fwd_fused_kernel(x, offs, wf, y, Lb, S, phase_index, Dq, Hq, Wq, sd, sh, sw
             L = min(S, Lb - a)
             Lr = (L + VW - 1) // VW * VW
             Y = np.empty((Og, Lr), dtype=y.dtype)
-            for r0 in range(0, R, RB):
-                r1 = min(R, r0 + RB)
-                o = 0
-                while o < Og:
-                    n = Og - o
-                    no = 6 if n >= 6 else (4 if n >= 4 else (2 if n >= 2 else 1))
-                    q = 0
-                    while q < Lr:
-                        nv = min(MAX_NV, (Lr - q) // VW)
-                        _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, a + q - base, (g * Og + o) * R,
-                              o * Lr + q, R)
-                        q += nv * VW
-                    o += no
+            _segment_tiles(pl, off, wf, Y, a - base, g * Og * R, R, VW, RB)
             _pd._crop_rows(Y, y[b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
 
 
