@@ -144,7 +144,8 @@ def _phase_tiled_estimate(spec):
     # 185 GFLOP/s and 10 to 50 ns, this one keeps Winograd and the 1x1 GEMM where they are faster
     # (they are: 7.5 vs 12.5 ms, 4.9 vs 7.0) and picks this for the strided 3x3 and DCGAN
     if spec.direction == GRAD_INPUT and spec.stride != (1, 1, 1):
-        # a forward problem per phase of dx, whose output is copied into dx (~0.5 ns per element)
+        # a forward problem per phase of dx, each writing its strided view of dx, plus ~0.5 ns per
+        # element of dx (its first touch, the phases' weights, dy's planes filled once per phase)
         subs = [sub for _, sub, _, _ in phase_tiled._phases(spec) if sub is not None]
         return sum(_phase_tiled_estimate(sub) for sub in subs) + prod(spec.x_shape) * 0.5e-9
     widen, tiles, full = phase_tiled.cost(spec)
