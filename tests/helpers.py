@@ -9,6 +9,16 @@ import reference as R
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("C", "F", "strided", "reversed")
 BORDER_FORMS = ("valid", "full", "half", "int", "ints", "pairs", "mixed")
+#: random 'same' problems (unit strides, each axis padded by its dilated kernel's extent less one,
+#: split at random) that the sweeps add after their own: the algorithms limited to layers that
+#: keep their size (direct_tiled) meet few among the others
+SAME_EXTRA = 24
+
+
+def form_at(idx, n):
+    """The border form of a sweep's case ``idx`` of ``n`` + SAME_EXTRA: the sweep's own draw
+    (None) for the first n, 'same' after them."""
+    return "same" if idx >= n else None
 
 
 def cpu_algorithm_names():
@@ -203,7 +213,8 @@ def random_case(rng, nd, index=0, *, unshared=None, groups=None, max_spatial=Non
     """A random valid problem with nd spatial axes.
 
     ``index`` cycles the categorical parameters so a sweep of a few dozen cases covers every
-    border_mode form, dtype and flip, whatever the random draws.
+    border_mode form, dtype and flip, whatever the random draws. ``form='same'``: unit strides
+    and (lo, hi) pads adding up to each axis's dilated kernel extent less one.
     """
     max_spatial = max_spatial or (9 if nd <= 2 else 6)
     kmax = kmax or (4 if nd <= 2 else 3)
@@ -223,7 +234,13 @@ def random_case(rng, nd, index=0, *, unshared=None, groups=None, max_spatial=Non
             k = tuple(int(rng.integers(1, kmax + 1)) for _ in range(nd))
         d = tuple(int(rng.choice([1, 1, 2, 3][: max_dilation + 1])) for _ in range(nd))
         s = tuple(int(rng.integers(1, max_stride + 1)) for _ in range(nd))
-        bm = random_border(rng, nd, form)
+        if form == "same":
+            s = (1,) * nd
+            tot = [(k[a] - 1) * d[a] for a in range(nd)]
+            lo = [int(rng.integers(0, t + 1)) for t in tot]
+            bm = tuple((lo[a], tot[a] - lo[a]) for a in range(nd))
+        else:
+            bm = random_border(rng, nd, form)
         pads = R.pads_from_border_mode(bm, k, d)
         i = []
         for a in range(nd):

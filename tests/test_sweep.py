@@ -10,7 +10,8 @@ import pytest
 
 import nbconv
 import reference as R
-from helpers import Sweep, algo_id, algo_params, compare, for_direction, hint, only_unshared, rand, random_case, with_layout
+from helpers import (SAME_EXTRA, Sweep, algo_id, algo_params, compare, for_direction, form_at, hint,
+                     only_unshared, rand, random_case, with_layout)
 
 ALGOS = algo_params()
 
@@ -51,8 +52,9 @@ def unchanged(*pairs):
 def test_forward_sweep(nd, algo):
     rng = np.random.default_rng(1000 + nd)
     sweep = Sweep(algo)
-    for idx in range(n_cases(450 if nd == 2 else 150, algo)):
-        case = random_case(rng, nd, idx)
+    n = n_cases(450 if nd == 2 else 150, algo)
+    for idx in range(n + SAME_EXTRA):
+        case = random_case(rng, nd, idx, form=form_at(idx, n))
         x = rand(rng, case.x_shape, case.dtype, case.x_layout)
         w = rand(rng, case.w_shape, case.dtype, case.w_layout)
         ih = hint(case.x_shape, rng)
@@ -75,8 +77,9 @@ def test_forward_sweep(nd, algo):
 def test_grad_input_sweep(nd, algo):
     rng = np.random.default_rng(2000 + nd)
     sweep = Sweep(algo)
-    for idx in range(n_cases(360 if nd == 2 else 120, algo)):
-        case = random_case(rng, nd, idx)
+    n = n_cases(360 if nd == 2 else 120, algo)
+    for idx in range(n + SAME_EXTRA):
+        case = random_case(rng, nd, idx, form=form_at(idx, n))
         dy = rand(rng, case.y_shape, case.dtype, case.x_layout)
         w = rand(rng, case.w_shape, case.dtype, case.w_layout)
         ishape = hint(case.x_shape, rng) or case.x_shape  # required; may hold None for N / C
@@ -101,8 +104,9 @@ def test_grad_input_sweep(nd, algo):
 def test_grad_weights_sweep(nd, algo):
     rng = np.random.default_rng(3000 + nd)
     sweep = Sweep(algo, "grad_weights")
-    for idx in range(n_cases(360 if nd == 2 else 120, algo)):
-        case = random_case(rng, nd, idx)
+    n = n_cases(360 if nd == 2 else 120, algo)
+    for idx in range(n + SAME_EXTRA):
+        case = random_case(rng, nd, idx, form=form_at(idx, n))
         x = rand(rng, case.x_shape, case.dtype, case.x_layout)
         dy = rand(rng, case.y_shape, case.dtype, case.w_layout)
         fshape = hint(case.w_shape, rng, w_channel_axes(case)) or case.w_shape
@@ -128,8 +132,9 @@ def test_transpose_sweep(nd, algo):
     """convNd_transpose(input, filters, output_shape, input_dilation=s) is grad-input with s."""
     rng = np.random.default_rng(4000 + nd)
     sweep = Sweep(algo)
-    for idx in range(n_cases(150 if nd == 2 else 60, algo)):
-        case = random_case(rng, nd, idx)
+    n = n_cases(150 if nd == 2 else 60, algo)
+    for idx in range(n + SAME_EXTRA):
+        case = random_case(rng, nd, idx, form=form_at(idx, n))
         inp = rand(rng, case.y_shape, case.dtype, case.x_layout)
         w = rand(rng, case.w_shape, case.dtype, case.w_layout)
         oshape = hint(case.x_shape, rng) or case.x_shape
@@ -166,8 +171,9 @@ def _border_1d_to_2d(bm):
 def test_conv1d_as_conv2d_singleton_axis_sweep(algo):
     rng = np.random.default_rng(5000)
     sweep = Sweep(algo)
-    for idx in range(n_cases(180, algo)):
-        case = random_case(rng, 1, idx)
+    n = n_cases(180, algo)
+    for idx in range(n + SAME_EXTRA):
+        case = random_case(rng, 1, idx, form=form_at(idx, n))
         N, C, L = case.x_shape
         x1 = rng.standard_normal(case.x_shape).astype(case.dtype)
         w1 = rng.standard_normal(case.w_shape).astype(case.dtype)
@@ -257,11 +263,12 @@ def test_causal_conv1d_sweep(algo):
 def test_separable_sweep(nd, algo):
     rng = np.random.default_rng(7000 + nd)
     sweep = Sweep(algo)
-    for idx in range(n_cases(120 if nd == 2 else 48, algo)):
+    n = n_cases(120 if nd == 2 else 48, algo)
+    for idx in range(n + SAME_EXTRA):
         C = int(rng.integers(1, 5))
         M = int(rng.integers(1, 3))
         O = int(rng.integers(1, 5))
-        case = random_case(rng, nd, idx, groups=C, cg=1, og=M, unshared=False)
+        case = random_case(rng, nd, idx, groups=C, cg=1, og=M, unshared=False, form=form_at(idx, n))
         x = rand(rng, case.x_shape, case.dtype, case.x_layout)
         dw = rand(rng, case.w_shape, case.dtype, case.w_layout)
         pw_shape = (O, M * C) + (1,) * nd
@@ -296,8 +303,9 @@ def test_adjoint_identities(nd, algo):
     """<conv(x, w), g> == <x, grad_in(g, w)> == <w, grad_w(x, g)> for random problems."""
     rng = np.random.default_rng(8000 + nd)
     sweep = Sweep(algo)
-    for idx in range(n_cases(180 if nd == 2 else 60, algo)):
-        case = random_case(rng, nd, idx, dtype=np.float64, batch=int(rng.integers(1, 4)))
+    n = n_cases(180 if nd == 2 else 60, algo)
+    for idx in range(n + SAME_EXTRA):
+        case = random_case(rng, nd, idx, dtype=np.float64, batch=int(rng.integers(1, 4)), form=form_at(idx, n))
         x = rand(rng, case.x_shape, np.float64, case.x_layout)
         w = rand(rng, case.w_shape, np.float64, case.w_layout)
         g = rand(rng, case.y_shape, np.float64)

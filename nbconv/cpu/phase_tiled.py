@@ -246,7 +246,7 @@ def _fwd_tiled_kernel(planes, offs, wf, y, n0, Lb, S, Hq, Wq, VW, RB):
         pl = planes[b]
         off = offs[g]
         Y = np.empty((Og, Lr), dtype=y.dtype)
-        _segment_tiles(pl, off, wf, Y, a, g * Og * R, R, VW, RB)
+        _tiles(pl, off, wf, Y, a, a + Lr, -a, g * Og * R, 0, Og, R, VW, RB)
         _pd._crop_rows(Y, y[n0 + b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
 
 
@@ -257,22 +257,36 @@ def _tile_channels(n):
 
 
 @njit(inline="always")
-def _segment_tiles(pl, off, wf, Y, a, w0, R, VW, RB):
-    """Y[o, q] = sum_r wf[w0 + o*R + r] * pl[off[r] + a + q] for all of Y (output channels x a
-    whole number of vectors): blocks of RB rows, tiles of 6/4/2/1 channels x up to MAX_NV
-    vectors."""
-    Og, Lr = Y.shape
+def _tiles(pl, off, wf, Y, p0, p1, ys, w0, yrow0, Og, R, VW, RB):
+    """Y[yrow0 + o, p + ys] = sum_r wf[w0 + o*R + r] * pl[off[r] + p] for o < Og and p0 <= p < p1
+    (p1 - p0 >= VW): blocks of RB rows, tiles of 6/4/2/1 channels x up to MAX_NV vectors. A
+    partial last vector is one ending at p1, run after all the others: it computes again up to
+    VW - 1 positions of the vector before (from its first block of rows on, so those sums are
+    not added twice), and nothing is read or written past p1."""
+    ldy = Y.shape[1]
+    pe = p0 + (p1 - p0) // VW * VW
     for r0 in range(0, R, RB):
         r1 = min(R, r0 + RB)
         o = 0
         while o < Og:
             no = _tile_channels(Og - o)
-            q = 0
-            while q < Lr:
-                nv = min(MAX_NV, (Lr - q) // VW)
-                _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, a + q, w0 + o * R, o * Lr + q, R)
+            q = p0
+            while q < pe:
+                nv = min(MAX_NV, (pe - q) // VW)
+                _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, q, w0 + o * R, (yrow0 + o) * ldy + q + ys,
+                      R)
                 q += nv * VW
             o += no
+    if pe < p1:
+        q = p1 - VW
+        for r0 in range(0, R, RB):
+            r1 = min(R, r0 + RB)
+            o = 0
+            while o < Og:
+                no = _tile_channels(Og - o)
+                _tile(no, 1, r0 > 0, pl, off, wf, Y, r0, r1, q, w0 + o * R, (yrow0 + o) * ldy + q + ys,
+                      R)
+                o += no
 
 
 @njit(parallel=True, cache=True)
@@ -305,7 +319,7 @@ def _fwd_fused_kernel(x, offs, wf, y, Lb, S, phase_index, Dq, Hq, Wq, sd, sh, sw
             L = min(S, Lb - a)
             Lr = (L + VW - 1) // VW * VW
             Y = np.empty((Og, Lr), dtype=y.dtype)
-            _segment_tiles(pl, off, wf, Y, a - base, g * Og * R, R, VW, RB)
+            _tiles(pl, off, wf, Y, a - base, a - base + Lr, base - a, g * Og * R, 0, Og, R, VW, RB)
             _pd._crop_rows(Y, y[b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
 
 
