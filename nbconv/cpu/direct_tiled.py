@@ -1,18 +1,20 @@
-"""'Same' stride-1 2-D convolutions with register-tiled accumulators, read and written in place.
+"""'Same' stride-1 convolutions with register-tiled accumulators, read and written in place.
 
 phase_tiled's tile (:mod:`nbconv.cpu._vtile`: up to 6 output channels x 4 vectors of positions,
 the accumulators in registers over a block of (channel, tap) rows) runs on a padded copy of the
 input and writes a padded grid that is then cropped into y. When a layer keeps its width (unit
 strides, ``pad_lo + pad_hi == (KW - 1) * dw`` along the width) neither copy is needed for most of
-the output, as grouped_direct does it: with the input plane flattened, tap (kh, kw) of output
-position p = oh * W + ow reads the flat element p + (kh * dh - ph) * W + kw * dw - pw, and y's
-flattened plane has the same pitch, so the tiles read x and write y directly over the *interior*
+the output, as grouped_direct does it (2-D problems, and 3-D ones with 1-deep kernels one depth
+slice at a time): with the input plane flattened, tap (kh, kw) of output position
+p = oh * W + ow reads the flat element p + (kh * dh - ph) * W + kw * dw - pw, and y's flattened
+plane has the same pitch, so the tiles read x and write y directly over the *interior*
 (output rows whose taps all fall inside the input). Only two kinds of output are wrong there or
 out of reach, and each gets a small exact pass of the same tiles on a zero-padded copy of just
 the input it needs:
 
-* the border rows (the first ``ph`` and the last ``ph_hi``, and the tail of the interior that does
-  not fill a whole vector): a padded copy of the rows they read, cropped into y;
+* the border rows (the first ``ph`` and the last ``ph_hi``, and a task's band of interior rows
+  when it holds fewer positions than a vector): a padded copy of the rows they read, cropped
+  into y;
 * the edge columns of the interior rows (the first ``pw`` and the last ``pw_hi``, whose taps wrap
   to the neighbouring row): a *transposed* padded copy of the columns they read (row index
   contiguous), on which the same tap offsets with the roles of kh and kw swapped give the column
@@ -38,13 +40,12 @@ from ..spec import FORWARD, GRAD_INPUT
 from . import im2col as _im2col
 from . import phase_direct as _pd
 from . import phase_tiled as _pt
-from ._vtile import MAX_NV, _tile, vector_width
+from ._vtile import MAX_NV, vector_width
 from .im2col import _copy, _fill_zero
 
 
 def _eligible(spec):
-    (D, H, W), (KD, KH, KW) = spec.in_size, spec.kernel
-    dh, dw = spec.dilation[1:]
+    W, (KD, _, KW), dw = spec.in_size[2], spec.kernel, spec.dilation[2]
     ilo, ihi = spec.pad_lo[1], spec.out_size[1] - spec.pad_hi[1]
     # 3-D only with 1-deep kernels and no depth padding: each depth slice a 2-D problem
     return (not spec.unshared and spec.stride == (1, 1, 1) and KD == 1
