@@ -75,7 +75,8 @@ def _check(c, rng, direction, dtype, flip):
     scale = max(1.0, float(np.abs(want).max()))
     if not np.allclose(got, want, rtol=0, atol=tol * scale * 10):
         bad = np.argwhere(~np.isclose(got, want, rtol=0, atol=tol * scale * 10))
-        return f"{direction} {dtype.__name__} flip={flip} {c}: {len(bad)} differ, first at {tuple(bad[0])}"
+        return (f"{direction} {dtype.__name__} flip={flip} {c}: {len(bad)} differ, first at "
+                f"{tuple(bad[0])}")
     return None
 
 

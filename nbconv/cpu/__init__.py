@@ -181,6 +181,6 @@ def _direct_tiled_estimate(spec):
 
 
 _register("direct_tiled", direct_tiled,
-          "'same' stride-1 2-D layers: phase_tiled's register tiles reading x and writing y in "
-          "place over the interior, small padded copies for the border rows and edge columns; "
-          "forward, grad-input", _direct_tiled_estimate, flips=True)
+          "'same' stride-1 layers (2-D; 3-D with 1-deep kernels): phase_tiled's register tiles "
+          "reading x and writing y in place over the interior, small padded copies for the border "
+          "rows and edge columns; forward, grad-input", _direct_tiled_estimate, flips=True)

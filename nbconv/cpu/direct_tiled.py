@@ -33,6 +33,8 @@ WaveNet's causal layer 4.3 vs 4.1; far behind on small images, whose border pass
 whole vectors (ResNet's 3x3 at 7x7: 21.7 vs 11.6, 2.3x the useful work, which its estimate
 counts).
 """
+from functools import lru_cache
+
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -60,7 +62,8 @@ def _eligible(spec):
 def supports(spec):
     if spec.direction == GRAD_INPUT:
         return spec.stride == (1, 1, 1) and not spec.unshared and supports(_pd._adjoint(spec))
-    return spec.direction == FORWARD and _eligible(spec) and workspace(spec) <= _im2col.get_workspace_limit()
+    return (spec.direction == FORWARD and _eligible(spec)
+            and workspace(spec) <= _im2col.get_workspace_limit())
 
 
 def _chunk(spec):
@@ -128,10 +131,11 @@ def cost(spec):
     return vecs * VW / max(OH * W, 1), tiles, per * spec.group_in * copied
 
 
+@lru_cache(maxsize=256)
 def _flat_offsets(spec):
     """off[g, c*K + k]: where weight tap k of channel c of group g reads, relative to the output
     position, in one image's input planes flattened (C, H, W); with ``spec.flip`` tap k reads
-    tap K-1-k's place."""
+    tap K-1-k's place. Cached with the spec: never written to."""
     H, W = spec.in_size[1:]
     KH, KW = spec.kernel[1:]
     dh, dw = spec.dilation[1:]
@@ -305,6 +309,7 @@ def _fwd_kernel(xf, offs, wf, y2, D, H, W, KH, KW, dh, dw, ph, pw, ph_hi, pw_hi,
         raise ValueError("direct_tiled: the border scratch is too small")
 
 
+@lru_cache(maxsize=256)
 def _scratch(spec):
     """Elements of a task's border scratch: the larger of the row path's (the rows above and
     below the interior, or a band too short for a vector, with the rows their taps read, a row

@@ -273,8 +273,8 @@ def _tiles(pl, off, wf, Y, p0, p1, ys, w0, yrow0, Og, R, VW, RB):
             q = p0
             while q < pe:
                 nv = min(MAX_NV, (pe - q) // VW)
-                _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, q, w0 + o * R, (yrow0 + o) * ldy + q + ys,
-                      R)
+                _tile(no, nv, r0 > 0, pl, off, wf, Y, r0, r1, q, w0 + o * R,
+                      (yrow0 + o) * ldy + q + ys, R)
                 q += nv * VW
             o += no
     if pe < p1:
@@ -284,8 +284,8 @@ def _tiles(pl, off, wf, Y, p0, p1, ys, w0, yrow0, Og, R, VW, RB):
             o = 0
             while o < Og:
                 no = _tile_channels(Og - o)
-                _tile(no, 1, r0 > 0, pl, off, wf, Y, r0, r1, q, w0 + o * R, (yrow0 + o) * ldy + q + ys,
-                      R)
+                _tile(no, 1, r0 > 0, pl, off, wf, Y, r0, r1, q, w0 + o * R,
+                      (yrow0 + o) * ldy + q + ys, R)
                 o += no
 
 
@@ -319,7 +319,8 @@ def _fwd_fused_kernel(x, offs, wf, y, Lb, S, phase_index, Dq, Hq, Wq, sd, sh, sw
             L = min(S, Lb - a)
             Lr = (L + VW - 1) // VW * VW
             Y = np.empty((Og, Lr), dtype=y.dtype)
-            _tiles(pl, off, wf, Y, a - base, a - base + Lr, base - a, g * Og * R, 0, Og, R, VW, RB)
+            _tiles(pl, off, wf, Y, a - base, a - base + Lr, base - a, g * Og * R, 0, Og, R, VW,
+                   RB)
             _pd._crop_rows(Y, y[b], g * Og, Og, a // Wq, L // Wq, Hq, Wq)
 
 
