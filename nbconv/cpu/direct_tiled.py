@@ -131,22 +131,6 @@ def cost(spec):
     return vecs * VW / max(OH * W, 1), tiles, per * spec.group_in * copied
 
 
-@lru_cache(maxsize=256)
-def _flat_offsets(spec):
-    """off[g, c*K + k]: where weight tap k of channel c of group g reads, relative to the output
-    position, in one image's input planes flattened (C, H, W); with ``spec.flip`` tap k reads
-    tap K-1-k's place. Cached with the spec: never written to."""
-    H, W = spec.in_size[1:]
-    KH, KW = spec.kernel[1:]
-    dh, dw = spec.dilation[1:]
-    kh, kw = np.meshgrid(np.arange(KH), np.arange(KW), indexing="ij")
-    tap = ((kh * dh - spec.pad_lo[1]) * W + kw * dw - spec.pad_lo[2]).reshape(-1)
-    if spec.flip:
-        tap = tap[::-1]
-    c = np.arange(spec.in_channels, dtype=np.int64)[:, None] * (spec.in_size[0] * H * W)
-    return (c + tap[None, :]).reshape(spec.groups, -1).astype(np.int64)
-
-
 @njit(inline="always")
 def _tap_offsets(off, Cg, CS, KH, KW, dh, dw, rstep, cstep, flip):
     """off[c*K + k] = c*CS + kh*dh*rstep + kw*dw*cstep for weight tap k = (kh, kw) of channel c
@@ -156,6 +140,19 @@ def _tap_offsets(off, Cg, CS, KH, KW, dh, dw, rstep, cstep, flip):
         for k in range(K):
             t = K - 1 - k if flip else k
             off[c * K + k] = c * CS + (t // KW) * dh * rstep + (t % KW) * dw * cstep
+
+
+@lru_cache(maxsize=256)
+def _flat_offsets(spec):
+    """off[g, c*K + k]: where weight tap k of channel c of group g reads, relative to the output
+    position, in one image's input planes flattened (C, D, H, W): :func:`_tap_offsets` over all
+    the channels, less the pads. Cached with the spec: never written to."""
+    D, H, W = spec.in_size
+    KH, KW = spec.kernel[1:]
+    off = np.empty(spec.in_channels * KH * KW, dtype=np.int64)
+    _tap_offsets.py_func(off, spec.in_channels, D * H * W, KH, KW, *spec.dilation[1:], W, 1,
+                         spec.flip)
+    return (off - (spec.pad_lo[1] * W + spec.pad_lo[2])).reshape(spec.groups, -1)
 
 
 @njit(inline="always")
@@ -282,24 +279,28 @@ def _fwd_kernel(xf, offs, wf, y2, D, H, W, KH, KW, dh, dw, ph, pw, ph_hi, pw_hi,
         tail = sa  # fewer positions than a vector: the row path takes the band's rows
         if p1 - p0 >= VW:
             # interior: taps read x in place (the edge columns' taps wrap; redone below), in
-            # chunks of about S positions, whose accumulators stay in L2 over all the blocks
+            # chunks of about S positions, whose accumulators stay in L2 over all the blocks (a
+            # last chunk shorter than a vector ends with one reaching back into the one before)
             nch = (p1 - p0 + S - 1) // S
             step = ((p1 - p0 + nch - 1) // nch + VW - 1) // VW * VW
             for q0 in range(p0, p1, step):
                 _pt._tiles(xb, offs[g], wf, Y2, xs + q0, xs + min(p1, q0 + step), ys - xs, w0,
                            g * Og, Og, R, VW, RB)
             tail = sb
+        # the edge columns of the interior rows, the rows above and below the interior
+        cols = tail > sa and pw + pw_hi > 0
+        top = ilo if s == 0 else 0
+        end = OH if s == nseg - 1 else sb
+        if not cols and top == 0 and tail == end:
+            continue
         pl = np.empty(scratch, dtype=Y2.dtype)
         off = np.empty(R, dtype=np.int64)
         xv = xb[xs:]
         Yv = Y2[:, ys:ys + OH * W]
         ok = True
-        if tail > sa and pw + pw_hi > 0:
+        if cols:
             ok = _col_path(xv, Yv, wf, pl, off, g * Cg, w0, g * Og, Og, Cg, CX, H, W, sa, tail, KH,
                            KW, dh, dw, ph, pw, pw_hi, flip, VW, RB)
-        # the rows above and below the interior
-        top = ilo if s == 0 else 0
-        end = OH if s == nseg - 1 else sb
         if top > 0 or tail < end:
             ok &= _row_path(xv, Yv, wf, pl, off, g * Cg, w0, g * Og, Og, Cg, CX, H, W, 0, top, tail,
                             end, KH, KW, dh, dw, ph, pw, pw_hi, flip, VW, RB)

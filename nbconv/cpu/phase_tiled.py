@@ -258,11 +258,12 @@ def _tile_channels(n):
 
 @njit(inline="always")
 def _tiles(pl, off, wf, Y, p0, p1, ys, w0, yrow0, Og, R, VW, RB):
-    """Y[yrow0 + o, p + ys] = sum_r wf[w0 + o*R + r] * pl[off[r] + p] for o < Og and p0 <= p < p1
-    (p1 - p0 >= VW): blocks of RB rows, tiles of 6/4/2/1 channels x up to MAX_NV vectors. A
-    partial last vector is one ending at p1, run after all the others: it computes again up to
-    VW - 1 positions of the vector before (from its first block of rows on, so those sums are
-    not added twice), and nothing is read or written past p1."""
+    """Y[yrow0 + o, p + ys] = sum_r wf[w0 + o*R + r] * pl[off[r] + p] for o < Og and p0 <= p < p1:
+    blocks of RB rows, tiles of 6/4/2/1 channels x up to MAX_NV vectors. A partial last vector is
+    one ending at p1, run after all the others: it computes again up to VW - 1 positions before
+    it (from its first block of rows on, so those sums are not added twice), and nothing is read
+    or written past p1. The caller guarantees that positions from p1 - VW on may be computed
+    (p1 - p0 >= VW, or a range that continues one computed before)."""
     ldy = Y.shape[1]
     pe = p0 + (p1 - p0) // VW * VW
     for r0 in range(0, R, RB):
